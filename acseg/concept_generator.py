@@ -1,0 +1,79 @@
+"""The Adaptive Concept Generator (ACG), docs/method.md step 2.
+
+k learnable prototypes, shared by all images, are turned into one image's concepts by N Transformer-decoder
+blocks: cross-attention (queries = prototypes, keys/values = that image's pixels), self-attention among the
+prototypes, then an MLP, each with a residual and a pre-LayerNorm. The concepts live in the pixel-feature
+space, so the assignment is a plain cosine between pixels and concepts.
+
+Unconfirmed details are arguments: the block width (the paper's is the backbone width; a narrower projection
+is cheaper on a CPU), heads, MLP width and whether prototypes attend to each other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConceptBlock(nn.Module):
+    """One decoder block: cross-attention to pixels -> self-attention among prototypes -> MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, self_attention: bool = True):
+        super().__init__()
+        self.norm_cross = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.self_attention = self_attention
+        if self_attention:
+            self.norm_self = nn.LayerNorm(width)
+            self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_width), nn.GELU(), nn.Linear(mlp_width, width))
+
+    def forward(self, concepts: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """concepts [B, k, w], pixels [B, n, w] (already normalised) -> concepts [B, k, w]."""
+        q = self.norm_cross(concepts)
+        concepts = concepts + self.cross_attn(q, pixels, pixels, need_weights=False)[0]
+        if self.self_attention:
+            q = self.norm_self(concepts)
+            concepts = concepts + self.self_attn(q, q, q, need_weights=False)[0]
+        return concepts + self.mlp(self.norm_mlp(concepts))
+
+
+class ConceptGenerator(nn.Module):
+    """Prototypes P [k, d] + an image's pixel features X [n, d] -> that image's concepts C [k, d].
+
+    With ``width`` equal to the feature dimension this is the paper's design; a smaller width projects pixels
+    in (one linear layer) and concepts back out (another), so the concepts still live in the feature space.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        n_prototypes: int = 5,
+        depth: int = 6,
+        width: int | None = None,
+        heads: int = 6,
+        mlp_width: int = 1024,
+        self_attention: bool = True,
+    ):
+        super().__init__()
+        width = width or feature_dim
+        if width % heads:
+            raise ValueError(f"acseg.width={width} must be divisible by acseg.heads={heads}")
+        self.n_prototypes = n_prototypes
+        self.prototypes = nn.Parameter(torch.randn(n_prototypes, width) * width**-0.5)
+        self.pixels_in = nn.Identity() if width == feature_dim else nn.Linear(feature_dim, width)
+        self.norm_pixels = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(
+            ConceptBlock(width, heads, mlp_width, self_attention) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(width)
+        self.concepts_out = nn.Linear(width, feature_dim)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, n, d] -> concepts [B, k, d]."""
+        x = self.norm_pixels(self.pixels_in(pixels))
+        concepts = self.prototypes.expand(pixels.shape[0], -1, -1)
+        for block in self.blocks:
+            concepts = block(concepts, x)
+        return self.concepts_out(self.norm_out(concepts))

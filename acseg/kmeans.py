@@ -1,0 +1,106 @@
+"""A seeded, vectorised k-means (k-means++ init, Lloyd iterations) on torch tensors.
+
+Used by the concept classifier (k-means over concept-region embeddings) and by the DINO k-means baseline.
+``cosine=True`` is spherical k-means: points and centroids on the unit sphere, similarity = dot product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class KMeansResult:
+    centroids: torch.Tensor  # [K, d]
+    labels: torch.Tensor  # [N]
+    inertia: float  # sum of squared distances (euclidean) or of 1 - cos (cosine)
+
+
+def _scores(x: torch.Tensor, centroids: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """Higher is closer: cosine similarity, or negative squared distance."""
+    if cosine:
+        return x @ centroids.T
+    return 2 * x @ centroids.T - (centroids * centroids).sum(-1)  # -|x-c|^2 up to the constant |x|^2
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, cosine: bool) -> torch.Tensor:
+    n = x.shape[0]
+    first = torch.randint(n, (1,), generator=generator)
+    centroids = [x[first]]
+    closest = None
+    for _ in range(1, k):
+        c = centroids[-1]
+        d = (1 - x @ c.T).squeeze(1).clamp_min(0) if cosine else ((x - c) ** 2).sum(-1)
+        closest = d if closest is None else torch.minimum(closest, d)
+        if closest.sum() <= 0:  # fewer distinct points than k: fall back to uniform draws
+            idx = torch.randint(n, (1,), generator=generator)
+        else:
+            idx = torch.multinomial(closest, 1, generator=generator)
+        centroids.append(x[idx])
+    return torch.cat(centroids)
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, cosine: bool, chunk: int) -> torch.Tensor:
+    """Nearest centroid per point, in chunks so memory stays flat for large N (x already normalised)."""
+    return torch.cat([_scores(part, centroids, cosine).argmax(-1) for part in x.split(chunk)])
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, cosine: bool = False, chunk: int = 65536) -> torch.Tensor:
+    """Nearest centroid per point of x [N, d] -> [N]."""
+    x = x.float()
+    return _nearest(F.normalize(x, dim=-1) if cosine else x, centroids, cosine, chunk)
+
+
+def centroid_scores(x: torch.Tensor, centroids: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+    """Closeness of every point to every centroid, [..., N, K]: cosine, or negative squared distance.
+
+    Dense score maps can be upsampled before the argmax (the protocol's label-resolution prediction).
+    """
+    x = x.float()
+    if cosine:
+        return F.normalize(x, dim=-1) @ centroids.T
+    return _scores(x, centroids, cosine=False) - (x * x).sum(-1, keepdim=True)
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    seed: int = 0,
+    iters: int = 50,
+    cosine: bool = False,
+    tol: float = 1e-6,
+    chunk: int = 65536,
+) -> KMeansResult:
+    """Cluster x [N, d] into k clusters. Deterministic for a given seed."""
+    if k < 1 or k > x.shape[0]:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
+    x = x.float()
+    if cosine:
+        x = F.normalize(x, dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = kmeans_plus_plus(x, k, generator, cosine)
+    previous = None
+    for _ in range(iters):
+        labels = _nearest(x, centroids, cosine, chunk)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        empty = counts == 0
+        new = sums / counts.clamp_min(1)[:, None]
+        if empty.any():  # re-seed empty clusters on random points instead of letting them die
+            new[empty] = x[torch.randint(x.shape[0], (int(empty.sum()),), generator=generator)]
+        if cosine:
+            new = F.normalize(new, dim=-1)
+        shift = (new - centroids).pow(2).sum().item()
+        centroids = new
+        if previous is not None and shift < tol:
+            break
+        previous = shift
+    labels = _nearest(x, centroids, cosine, chunk)
+    if cosine:
+        inertia = (1 - (x * centroids[labels]).sum(-1)).sum().item()
+    else:
+        inertia = (x - centroids[labels]).pow(2).sum().item()
+    return KMeansResult(centroids, labels, inertia)

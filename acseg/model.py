@@ -1,0 +1,72 @@
+"""ACSeg at inference: features -> concepts -> pixel-to-concept assignment -> concept classes -> pixel classes.
+
+Every pixel takes the class of the concept it is assigned to (no pixel-level clustering): the cosine maps of
+the concepts an image actually uses are upsampled to the label resolution, the argmax picks each pixel's
+concept, and the concept's class comes from the concept classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acseg.assignment import cosine_assignment, hard_assignment
+from acseg.classifier import classify_concepts, region_embeddings
+from acseg.concept_generator import ConceptGenerator
+
+
+@dataclass
+class Segmentation:
+    classes: torch.Tensor  # [B, H, W] class id per pixel (at the requested resolution)
+    concepts: torch.Tensor  # [B, H, W] concept id per pixel
+    patch_concepts: torch.Tensor  # [B, h, w] concept id per patch
+    concept_classes: torch.Tensor  # [B, k] class of each concept (-1 where the concept wins no patch)
+    n_concepts: torch.Tensor  # [B] concepts used per image (the adaptive count)
+
+
+class ACSeg(nn.Module):
+    """The trained pieces: feature centring, the concept generator, and the classifier's class centroids."""
+
+    def __init__(self, generator: ConceptGenerator, feature_mean: torch.Tensor, n_classes: int, cosine: bool = True):
+        super().__init__()
+        self.generator = generator
+        self.register_buffer("feature_mean", feature_mean.float())
+        self.register_buffer("class_centroids", torch.zeros(n_classes, feature_mean.shape[-1]))
+        self.cosine = cosine
+
+    def prepare(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, h, w, d] cached features -> [B, n, d] float, centred."""
+        b, h, w, d = features.shape
+        return features.reshape(b, h * w, d).float() - self.feature_mean
+
+    def assign(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prepared pixels [B, n, d], similarity S [B, n, k])."""
+        x = self.prepare(features)
+        return x, cosine_assignment(x, self.generator(x))
+
+    def regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Region-mean embedding of every concept: (embeddings [B, k, d], counts [B, k], similarity [B, n, k])."""
+        x, s = self.assign(features)
+        emb, counts = region_embeddings(x, hard_assignment(s), self.generator.n_prototypes)
+        return emb, counts, s
+
+    def forward(self, features: torch.Tensor, out_size: tuple[int, int]) -> Segmentation:
+        b, h, w, _ = features.shape
+        emb, counts, s = self.regions(features)
+        present = counts > 0
+        concept_classes = classify_concepts(emb, self.class_centroids, self.cosine).masked_fill(~present, -1)
+        # Upsample the cosine maps of the concepts in use; concepts that win no patch cannot win a pixel.
+        maps = s.transpose(1, 2).reshape(b, -1, h, w).masked_fill(~present[:, :, None, None], -2.0)
+        maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+        pixel_concepts = maps.argmax(1)
+        classes = torch.gather(concept_classes, 1, pixel_concepts.flatten(1)).reshape(pixel_concepts.shape)
+        return Segmentation(
+            classes=classes,
+            concepts=pixel_concepts,
+            patch_concepts=hard_assignment(s).reshape(b, h, w),
+            concept_classes=concept_classes,
+            n_concepts=present.sum(1),
+        )

@@ -1,0 +1,78 @@
+"""The feature cache: backbone features computed once per (dataset, split, backbone, weights, feature type,
+resolution) and reused by every run that shares them.
+
+A cache entry is a folder holding ``features.safetensors`` and ``meta.json``. It is written under a temporary
+name and renamed into place only when complete, so an interrupted run never leaves an entry that reads as
+valid; an entry whose meta does not match what is asked for is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.backbones import weights_tag
+from bench.config import Config
+
+FORMAT_VERSION = 1
+
+
+def cache_dir(cfg: Config, split: str) -> Path:
+    """<cache_dir>/<dataset>/<split>/<backbone>/<type>-<H>x<W>-<weights sha256 | random | hub>.
+
+    dvc.yaml spells the same path out of params (tests/bench/test_pipeline.py keeps the two in step).
+    """
+    f = cfg.features
+    leaf = f"{f.type}-{f.height}x{f.width}-{weights_tag(cfg.backbone)}"
+    return Path(f.cache_dir) / cfg.data.dataset / split / cfg.backbone.name / leaf
+
+
+def expected_meta(cfg: Config, split: str) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": cfg.data.dataset,
+        "split": split,
+        "backbone": cfg.backbone.name,
+        "weights": weights_tag(cfg.backbone),
+        "feature_type": cfg.features.type,
+        "height": cfg.features.height,
+        "width": cfg.features.width,
+    }
+
+
+def is_valid(path: Path, meta: dict) -> bool:
+    """A complete entry written for exactly this key."""
+    try:
+        stored = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "features.safetensors").is_file() and all(stored.get(k) == v for k, v in meta.items())
+
+
+def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically publish a cache entry (temp folder + rename); replaces an invalid older entry."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "features.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "meta.json").read_text())
+    return load_file(str(path / "features.safetensors")), meta

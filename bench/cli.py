@@ -1,0 +1,151 @@
+"""`acseg-bench`: the command line. DVC stages call these same commands.
+
+Every command reads params.yaml (``--params``), optionally a named preset (``--preset paper``), then
+``--set section.field=value`` overrides; heavy libraries are imported only inside commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible benchmark and ablation harness for ACSeg (CVPR 2023).")
+baseline_app = typer.Typer(no_args_is_help=True, help="Baselines, evaluated exactly like ACSeg.")
+app.add_typer(baseline_app, name="baseline")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="DVC params file to read.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named variant over the params: paper, tiny.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. -s acseg.prototypes=10 (repeatable).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:N] (falls back to cpu with a message).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="One seed (default: every seed in run.seeds).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _config(params: Path, preset: str | None, sets: list[str] | None, device: str | None = None):
+    from bench.config import ConfigError, load_config
+
+    overrides = list(sets or [])
+    if device:
+        overrides.append(f"run.device={device}")
+    try:
+        return load_config(params, overrides=overrides, preset=preset)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _fail(message: str):
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a step; expected failures (bad data, weights, params) become one clear line, exit code 2."""
+    from bench.backbones import WeightsError
+    from bench.config import ConfigError
+    from bench.data import DatasetError
+    from bench.train import TrainingDiverged
+
+    try:
+        return fn(*args, **kwargs)
+    except (DatasetError, WeightsError, ConfigError, TrainingDiverged, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def fetch(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
+    """Download (or take a local copy of) the dataset and verify every file against the checksum manifest."""
+    from bench.runs import run_fetch
+
+    cfg = _config(params, preset, set_)
+    record = _guard(run_fetch, cfg)
+    typer.echo(f"verified {record['title']}: {record['splits_present']} (absent: {record['splits_absent']}) "
+               f"-> {cfg.data.manifest_out}")
+
+
+@app.command()
+def features(
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to extract (default: train and eval).")] = None,
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split)."""
+    from bench.runs import run_features
+
+    cfg = _config(params, preset, set_, device)
+    for s in split or sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}):
+        typer.echo(f"{s}: {_guard(run_features, cfg, s, progress=not quiet)}")
+
+
+@app.command()
+def train(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+          set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+    """Train ACSeg's concept generator on cached features, then fit its concept classifier."""
+    from bench.runs import run_train
+
+    cfg = _config(params, preset, set_, device)
+    for s in [seed] if seed is not None else cfg.run.seeds:
+        typer.echo(f"seed {s}: {_guard(run_train, cfg, s, progress=not quiet)}")
+
+
+def _evaluate(method: str, seed, params, preset, set_, device, quiet):
+    from bench.runs import run_evaluate
+
+    cfg = _config(params, preset, set_, device)
+    for s in [seed] if seed is not None else cfg.run.seeds:
+        m = _guard(run_evaluate, cfg, method, s, progress=not quiet)
+        typer.echo(f"{method} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  ({m['dataset_title']} {m['split']})")
+
+
+@app.command()
+def evaluate(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+    """Evaluate trained ACSeg models on the evaluation split (Hungarian-matched mIoU and accuracy)."""
+    _evaluate("acseg", seed, params, preset, set_, device, quiet)
+
+
+@baseline_app.command("kmeans")
+def baseline_kmeans(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+                    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+    """DINO k-means: K = classes over cached patch features, evaluated like ACSeg (the floor)."""
+    _evaluate("kmeans", seed, params, preset, set_, device, quiet)
+
+
+@app.command()
+def results(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
+    """Collect every evaluated run into reports/results.csv (one tidy row per run)."""
+    from bench.runs import collect_results
+
+    cfg = _config(params, preset, set_)
+    typer.echo(str(_guard(collect_results, cfg)))
+
+
+@app.command()
+def predict(
+    images: Annotated[Path, typer.Argument(help="Folder of images (png/jpg).")],
+    out: Annotated[Path, typer.Argument(help="Folder for <name>.png label maps and <name>_overlay.png.")],
+    seed: Annotated[int, typer.Option(help="Which trained model (runs/acseg/seed<N>).")] = 0,
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+):
+    """Segment a folder of images with a trained ACSeg model: label PNGs and colour overlays.
+
+    Label values are the model's class ids; where the model has been evaluated, they are mapped to the
+    dataset's classes by that evaluation's Hungarian matching (an unsupervised model has no names of its own).
+    """
+    from bench.predict import predict_folder
+
+    cfg = _config(params, preset, set_, device)
+    written = _guard(predict_folder, cfg, seed, images, out)
+    typer.echo(f"wrote {written} label maps and overlays to {out}")
+
+
+if __name__ == "__main__":
+    app()

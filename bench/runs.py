@@ -1,0 +1,219 @@
+"""The pipeline's steps, each a function of the Config: what the CLI commands and the DVC stages run.
+
+fetch -> features (per split) -> train (per seed) -> evaluate (per method and seed) -> results.
+Each step writes its outputs atomically into its own folder, then logs an MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import tracking
+from bench.config import Config
+from bench.data import fetch, fetch_record, get_spec, locate, write_json_atomic
+from bench.features import ensure_features, load_features, resolve_device
+
+log = logging.getLogger(__name__)
+
+METHODS = ("acseg", "kmeans")
+
+
+def run_dir(cfg: Config, method: str, seed: int) -> Path:
+    return Path(cfg.run.runs_dir) / method / f"seed{seed}"
+
+
+def n_clusters(cfg: Config, method: str) -> int:
+    k = cfg.classifier.n_classes if method == "acseg" else cfg.kmeans.k
+    return k or get_spec(cfg.data.dataset).n_classes
+
+
+# ------------------------------------------------------------------------------------------------- fetch
+
+
+def run_fetch(cfg: Config) -> dict:
+    spec = get_spec(cfg.data.dataset)
+    root, splits = fetch(spec, cfg.data.local_copy, cfg.data.download_dir)
+    record = fetch_record(spec, splits)
+    for split in {cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}:
+        if split not in splits:
+            from bench.data import DatasetError
+
+            raise DatasetError(f"{spec.title}: the params use split {split!r}, which is absent at {root} "
+                               f"(present: {sorted(splits)}). To get it: {spec.how_to_get}")
+    write_json_atomic(cfg.data.manifest_out, record)
+    log.info("verified %s at %s: %s (absent: %s)", spec.title, root, splits, record["splits_absent"])
+    return record
+
+
+def run_features(cfg: Config, split: str, progress: bool = True) -> Path:
+    return ensure_features(cfg, split, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+def save_model(path: Path, cfg: Config, model, extra: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_model(cfg: Config, seed: int, device: torch.device):
+    from bench.train import build_model
+
+    path = run_dir(cfg, "acseg", seed) / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}: run `acseg-bench train --seed {seed}` first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(cfg, saved["feature_dim"], torch.zeros(saved["feature_dim"]), saved["n_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved
+
+
+def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
+    from bench.figures import loss_curve
+    from bench.train import train_acseg
+
+    device = resolve_device(cfg.run.device)
+    train = load_features(cfg, cfg.data.train_split)
+    k = n_clusters(cfg, "acseg")
+    model, history, n_regions = train_acseg(cfg, seed, train, k, device, progress=progress,
+                                            cluster=load_features(cfg, cfg.data.cluster_split)
+                                            if cfg.data.cluster_split != cfg.data.train_split else None)
+    out = run_dir(cfg, "acseg", seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out / "model.pt", cfg, model, {"feature_dim": train.features.shape[-1], "n_classes": k,
+                                              "weights_sha256": train.meta["weights_sha256"]})
+    lines = ["step,loss,lr"] + [f"{s},{l:.6f},{r:.3e}" for s, l, r in zip(history.steps, history.loss, history.lr)]
+    (out / "train_log.csv").write_text("\n".join(lines) + "\n")
+    summary = {"final_loss": history.loss[-1], "steps_per_second": history.steps_per_second,
+               "train_seconds": history.seconds, "concept_regions": n_regions}
+    write_json_atomic(out / "train_summary.json", summary)
+    curve = loss_curve(history.steps, history.loss, out / "loss_curve.png",
+                       f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
+    tracking.log_run(cfg, f"train-acseg-seed{seed}",
+                     tracking.standard_tags(cfg, cfg.data.train_split, seed, train.meta["weights_sha256"], "acseg"),
+                     summary, series={"loss": list(zip(history.steps, history.loss))},
+                     artifacts=[curve, out / "train_log.csv"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
+    """(predict(features, size) -> cluster ids, weights sha256, extra metrics)."""
+    if method == "acseg":
+        model, saved = load_model(cfg, seed, device)
+        counts: list[torch.Tensor] = []
+
+        def predict(features, size):
+            seg = model(features, size)
+            counts.append(seg.n_concepts.cpu())
+            return seg.classes
+
+        def extra():
+            c = torch.cat(counts).float()
+            return {"concepts_per_image_mean": c.mean().item(), "concepts_per_image_min": c.min().item(),
+                    "concepts_per_image_max": c.max().item()}, torch.cat(counts)
+
+        return predict, saved["weights_sha256"], extra
+    if method == "kmeans":
+        from bench.baselines import fit_kmeans_baseline
+
+        fit = load_features(cfg, cfg.data.cluster_split)
+        model = fit_kmeans_baseline(cfg, fit, n_clusters(cfg, "kmeans"), seed).to(device)
+        return (lambda f, s: model(f, s)), fit.meta["weights_sha256"], lambda: ({}, None)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qualitative: int = 4) -> dict:
+    from bench.data import SegmentationSplit
+    from bench.evaluate import evaluate
+    from bench.figures import qualitative_grid
+
+    spec = get_spec(cfg.data.dataset)
+    device = resolve_device(cfg.run.device)
+    split = cfg.data.eval_split
+    feats = load_features(cfg, split)
+    root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
+    dataset = SegmentationSplit(spec, root, split)
+    predict, sha, extra = build_predictor(cfg, method, seed, device)
+    torch.manual_seed(seed)
+    kept: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def keep_first(names, clusters, labels):
+        for name, c, lab in zip(names, clusters, labels):
+            if len(kept) < qualitative:
+                kept.append((name, c, lab))
+
+    ev = evaluate(predict, feats, spec, root / spec.splits[split][1], n_clusters(cfg, method), device,
+                  progress=progress, on_batch=keep_first)
+    extra_metrics, concept_counts = extra()
+    out = run_dir(cfg, method, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    mapping = np.array(ev.scores.mapping)
+    rows = [(name, dataset[dataset.names.index(name)][0].permute(1, 2, 0).numpy(), lab.numpy(),
+             np.where(c.numpy() >= 0, mapping[c.numpy().clip(0)], -1)) for name, c, lab in kept]
+    figure = qualitative_grid(rows, out / "qualitative.png", f"{method} seed {seed}, {spec.title} {split}",
+                              spec.ignore_index)
+    np.savetxt(out / "confusion.csv", ev.confusion, fmt="%d", delimiter=",")
+    if concept_counts is not None:
+        (out / "concepts_per_image.csv").write_text(
+            "image,concepts\n" + "".join(f"{n},{int(c)}" + "\n" for n, c in zip(feats.names, concept_counts)))
+    metrics = {
+        "dataset": spec.name, "dataset_title": spec.title, "split": split, "method": method,
+        "backbone": cfg.backbone.name, "weights": tracking_label(cfg), "weights_sha256": sha,
+        "resolution": f"{cfg.features.height}x{cfg.features.width}", "feature_type": cfg.features.type,
+        "cluster_split": cfg.data.cluster_split, "crf": False, "seed": seed, "n_images": ev.n_images,
+        "n_clusters": n_clusters(cfg, method), "miou": ev.scores.miou, "acc": ev.scores.accuracy,
+        "per_class_iou": dict(zip(spec.class_names, ev.scores.per_class_iou)),
+        "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **extra_metrics,
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    tracking.log_run(
+        cfg, f"evaluate-{method}-seed{seed}", tracking.standard_tags(cfg, split, seed, sha, method),
+        {"miou": ev.scores.miou, "acc": ev.scores.accuracy, **extra_metrics,
+         **{f"iou_{c}": v for c, v in zip(spec.class_names, ev.scores.per_class_iou) if np.isfinite(v)}},
+        artifacts=[figure, out / "metrics.json", out / "confusion.csv"],
+    )
+    return metrics
+
+
+def tracking_label(cfg: Config) -> str:
+    from bench.backbones import weights_label
+
+    return weights_label(cfg.backbone)
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+RESULT_COLUMNS = ["dataset", "split", "method", "backbone", "weights", "resolution", "feature_type",
+                  "cluster_split", "crf", "seed", "miou", "acc", "config_hash"]
+
+
+def collect_results(cfg: Config) -> Path:
+    """Every evaluated run under run.runs_dir -> one tidy row each in run.results_csv (+ a summary table)."""
+    import pandas as pd
+
+    rows = [json.loads(p.read_text()) for p in sorted(Path(cfg.run.runs_dir).glob("*/seed*/metrics.json"))]
+    if not rows:
+        raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
+    df = pd.DataFrame(rows)[RESULT_COLUMNS].sort_values(["dataset", "split", "method", "crf", "seed"])
+    df["miou"], df["acc"] = df["miou"].round(2), df["acc"].round(2)
+    out = Path(cfg.run.results_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    summary = (df.groupby(["dataset", "split", "method", "backbone", "crf"])
+               .agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), acc_mean=("acc", "mean"),
+                    acc_std=("acc", "std"), seeds=("seed", "count")).round(2).reset_index())
+    write_json_atomic(out.with_name("summary.json"), {"rows": summary.to_dict(orient="records")})
+    return out

@@ -1,0 +1,73 @@
+"""MLflow tracking. Every train and evaluate run is logged once its outputs are safely on disk, so a tracking
+server that is down costs a warning, never a result (the DVC outputs hold everything)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    """HEAD's commit, with "-dirty" when tracked files differ; "unknown" outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, method: str) -> dict[str, str]:
+    return {
+        "git_commit": git_commit(),
+        "method": method,
+        "backbone": cfg.backbone.name,
+        "weights_sha256": weights_sha256,
+        "weights_label": cfg.backbone.weights_label,
+        "dataset": cfg.data.dataset,
+        "split": split,
+        "seed": str(seed),
+        "config_hash": cfg.hash(),
+    }
+
+
+def log_run(
+    cfg: Config,
+    run_name: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    series: dict[str, list[tuple[int, float]]] | None = None,
+    artifacts: list[Path] | None = None,
+    params: dict[str, Any] | None = None,
+) -> str | None:
+    """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id."""
+    try:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        mlflow.set_tracking_uri(cfg.run.tracking_uri)
+        mlflow.set_experiment(cfg.run.experiment)
+        with mlflow.start_run(run_name=run_name) as run:
+            mlflow.set_tags(tags)
+            flat = {k: ("null" if v is None else v) for k, v in (params or cfg.flat()).items()}
+            mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for name, points in (series or {}).items():
+                for step, value in points:
+                    mlflow.log_metric(name, float(value), step=int(step))
+            for path in artifacts or []:
+                if Path(path).exists():
+                    mlflow.log_artifact(str(path))
+            return run.info.run_id
+    except Exception as e:  # noqa: BLE001 (tracking must never cost a result)
+        log.warning("MLflow logging to %s failed (%s: %s); the results are in the run folder regardless",
+                    cfg.run.tracking_uri, type(e).__name__, e)
+        return None

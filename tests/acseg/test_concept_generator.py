@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from acseg.assignment import concepts_per_image, cosine_assignment, hard_assignment
+from acseg.concept_generator import ConceptGenerator
+
+
+@pytest.mark.parametrize("width,self_attention", [(None, True), (16, False)])
+def test_concepts_live_in_feature_space_and_learn(width, self_attention):
+    torch.manual_seed(0)
+    gen = ConceptGenerator(feature_dim=24, n_prototypes=4, depth=2, width=width, heads=2, mlp_width=32,
+                           self_attention=self_attention)
+    pixels = torch.randn(3, 50, 24)
+    concepts = gen(pixels)
+    assert concepts.shape == (3, 4, 24)
+    concepts.sum().backward()
+    assert gen.prototypes.grad is not None and gen.prototypes.grad.abs().sum() > 0
+
+
+def test_concepts_depend_on_the_image():
+    torch.manual_seed(0)
+    gen = ConceptGenerator(feature_dim=8, n_prototypes=3, depth=1, heads=2, mlp_width=16)
+    a, b = torch.randn(1, 20, 8), torch.randn(1, 20, 8)
+    assert not torch.allclose(gen(a), gen(b))
+
+
+def test_width_must_divide_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        ConceptGenerator(feature_dim=8, width=10, heads=3)
+
+
+def test_assignment_and_adaptive_count():
+    pixels = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]])
+    concepts = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+    s = cosine_assignment(pixels, concepts)
+    assert s.shape == (1, 3, 3) and s.max() <= 1 + 1e-6 and s.min() >= -1 - 1e-6
+    a = hard_assignment(s)
+    assert a.tolist() == [[0, 0, 1]]
+    assert concepts_per_image(a, 3).tolist() == [2]  # the third prototype wins no pixel and vanishes

@@ -1,0 +1,42 @@
+import torch
+
+from acseg.kmeans import assign, centroid_scores, kmeans
+
+
+def blobs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]])
+    labels = torch.arange(3).repeat_interleave(50)
+    return centres[labels] + 0.3 * torch.randn(150, 2, generator=g), labels
+
+
+def same_partition(a, b):
+    return all(len(set(b[a == c].tolist())) == 1 for c in a.unique())
+
+
+def test_recovers_separated_blobs():
+    x, labels = blobs()
+    for cosine in (False, True):
+        r = kmeans(x, 3, seed=0, cosine=cosine)
+        assert same_partition(r.labels, labels) and same_partition(labels, r.labels)
+
+
+def test_deterministic_for_a_seed():
+    x, _ = blobs(1)
+    a, b = kmeans(x, 4, seed=7), kmeans(x, 4, seed=7)
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.labels, b.labels)
+
+
+def test_assign_and_scores_agree_with_fit():
+    x, _ = blobs(2)
+    for cosine in (False, True):
+        r = kmeans(x, 3, seed=0, cosine=cosine)
+        assert torch.equal(assign(x, r.centroids, cosine), r.labels)
+        assert torch.equal(centroid_scores(x, r.centroids, cosine).argmax(-1), r.labels)
+
+
+def test_more_clusters_than_points_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="k-means needs"):
+        kmeans(torch.zeros(2, 3), 5)

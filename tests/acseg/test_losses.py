@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from acseg.losses import (
+    LOSSES,
+    affinity,
+    concept_intensity,
+    concept_loss,
+    modularity,
+    modularity_loss,
+    modularity_matrix,
+)
+
+
+def block_features(n_blocks=3, per_block=20, dim=16, noise=0.05, seed=0):
+    """Pixels drawn around n_blocks orthogonal directions: a block-structured affinity."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(dim)[:n_blocks]
+    labels = torch.arange(n_blocks).repeat_interleave(per_block)
+    x = centres[labels] + noise * torch.randn(len(labels), dim, generator=g)
+    return x[None], labels
+
+
+def one_hot_assignment(labels, k):
+    return torch.nn.functional.one_hot(labels, k).float()[None]
+
+
+def test_true_partition_beats_random_partition():
+    x, labels = block_features()
+    true_loss = modularity_loss(x, one_hot_assignment(labels, 3))
+    g = torch.Generator().manual_seed(1)
+    random_labels = torch.randint(0, 3, labels.shape, generator=g)
+    random_loss = modularity_loss(x, one_hot_assignment(random_labels, 3))
+    assert true_loss < random_loss - 0.3  # Q(true) ~ 2/3 for 3 equal blocks, Q(random) ~ 0
+
+
+def test_hard_assignment_gives_newman_modularity():
+    """With a 0/1 assignment, -loss is Newman's Q = sum_c (e_cc - a_c^2), computed here independently."""
+    x, labels = block_features(n_blocks=4, per_block=5, noise=0.5, seed=3)
+    a = affinity(x)[0]
+    two_m = a.sum()
+    q = 0.0
+    for c in range(4):
+        m = labels == c
+        q += a[m][:, m].sum() / two_m - (a[m].sum() / two_m) ** 2
+    assert torch.allclose(-modularity_loss(x, one_hot_assignment(labels, 4)), q, atol=1e-5)
+
+
+def test_modularity_matrix_rows_sum_to_zero_and_no_gradient_through_graph():
+    x, labels = block_features()
+    w, two_m = modularity_matrix(affinity(x))
+    assert torch.allclose(w.sum(-1), torch.zeros_like(w.sum(-1)), atol=1e-4)
+    x = x.clone().requires_grad_(True)
+    s = one_hot_assignment(labels, 3).requires_grad_(True)
+    modularity_loss(x, s).backward()
+    assert x.grad is None and s.grad is not None
+
+
+def test_loss_independent_of_number_of_unused_concepts():
+    """Adding prototypes that nobody uses does not change the loss (the paper's point)."""
+    x, labels = block_features()
+    s3 = one_hot_assignment(labels, 3)
+    s6 = torch.cat([s3, torch.zeros_like(s3)], -1)
+    assert torch.allclose(modularity_loss(x, s3), modularity_loss(x, s6))
+
+
+def test_concept_intensity_is_max_over_concepts():
+    s = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]])
+    d = concept_intensity(s)
+    assert torch.allclose(d[0], torch.tensor([[1.0, 0.5, 0.0], [0.5, 0.25, 0.5], [0.0, 0.5, 1.0]]))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_variant_prefers_the_true_partition(name):
+    x, labels = block_features()
+    k = 3
+    true_concepts = torch.eye(16)[:k][None]  # the block directions
+    g = torch.Generator().manual_seed(0)
+    wrong_concepts = torch.randn(1, k, 16, generator=g)
+    sim = lambda c: torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(c, dim=-1).transpose(1, 2)
+    assert concept_loss(name, x, sim(true_concepts)) < concept_loss(name, x, sim(wrong_concepts))
+
+
+def test_unknown_loss_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown loss 'modularty'.*modularity"):
+        concept_loss("modularty", torch.zeros(1, 2, 3), torch.zeros(1, 2, 2))
+
+
+def test_batched_equals_per_image():
+    x1, l1 = block_features(seed=0)
+    x2, l2 = block_features(seed=5)
+    s1, s2 = one_hot_assignment(l1, 3), one_hot_assignment(l2.flip(0), 3)
+    w, m = modularity_matrix(affinity(torch.cat([x1, x2])))
+    q = modularity(concept_intensity(torch.cat([s1, s2])), w, m)
+    assert torch.allclose(q[0], -modularity_loss(x1, s1)) and torch.allclose(q[1], -modularity_loss(x2, s2))

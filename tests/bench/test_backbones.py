@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from bench.backbones import WeightsError, load_backbone, resolve_weights_file
+from bench.config import BackboneConfig
+from tests.conftest import WEIGHTS_FILE, WEIGHTS_SHA256, requires_shared, shared_paths
+
+
+def test_missing_weights_file_says_how_to_get_it(tmp_path):
+    cfg = BackboneConfig(weights="nope.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
+    with pytest.raises(WeightsError, match=r"'nope.safetensors' not found.*To get it: with internet"):
+        resolve_weights_file(cfg)
+
+
+def test_wrong_checksum_is_an_error(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"corrupt")
+    cfg = BackboneConfig(weights="w.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
+    with pytest.raises(WeightsError, match="have sha256 .* but backbone.weights_sha256 is 000"):
+        resolve_weights_file(cfg)
+
+
+def test_unknown_backbone_is_an_error():
+    with pytest.raises(WeightsError, match="unknown backbone 'vit_huge'"):
+        load_backbone(BackboneConfig(name="vit_huge", weights="random"))
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224.dino", "vit_small_patch8_224.dino"])
+def test_random_control_is_fixed(name):
+    a, sha_a = load_backbone(BackboneConfig(name=name, weights="random"))
+    b, sha_b = load_backbone(BackboneConfig(name=name, weights="random"))
+    assert sha_a == sha_b and sha_a.startswith("random-")
+    assert torch.equal(a.pos_embed, b.pos_embed)
+
+
+@requires_shared
+def test_real_weights_load_strictly():
+    _, weights_dir = shared_paths()
+    vit, sha = load_backbone(BackboneConfig(weights=WEIGHTS_FILE, weights_sha256=WEIGHTS_SHA256,
+                                            weights_dir=str(weights_dir)))
+    assert sha == WEIGHTS_SHA256
+    assert sum(p.numel() for p in vit.parameters()) == 22_056_192

@@ -1,0 +1,59 @@
+import pytest
+
+from bench.data import DatasetError, SegmentationSplit, fetch, get_spec, read_manifest, split_files, verify
+from tests.conftest import requires_shared
+
+
+def test_verify_reports_present_and_absent_splits(synthetic_dataset):
+    spec, root = synthetic_dataset
+    assert verify(spec, root) == {"train": 3, "val": 2}
+
+
+def test_wrong_checksum_names_the_file(synthetic_dataset):
+    spec, root = synthetic_dataset
+    (root / "val" / "v1.png").write_bytes((root / "val" / "v0.png").read_bytes())
+    with pytest.raises(DatasetError, match=r"do not match their sha256.*val/v1\.png"):
+        verify(spec, root)
+
+
+def test_missing_file_names_the_file(synthetic_dataset):
+    spec, root = synthetic_dataset
+    (root / "trainannot" / "t2.png").unlink()
+    with pytest.raises(DatasetError, match=r"incomplete.*trainannot/t2\.png"):
+        verify(spec, root)
+
+
+def test_missing_dataset_says_how_to_get_it(synthetic_dataset, tmp_path):
+    spec, _ = synthetic_dataset
+    with pytest.raises(DatasetError, match="does not exist. To get it"):
+        fetch(spec, str(tmp_path / "nowhere"), str(tmp_path))
+
+
+def test_corrupt_image_names_the_file(synthetic_dataset):
+    spec, root = synthetic_dataset
+    (root / "train" / "t1.png").write_bytes(b"not a png at all")
+    ds = SegmentationSplit(spec, root, "train", size=(28, 28))
+    assert ds[0][0].shape == (3, 28, 28)
+    with pytest.raises(DatasetError, match=r"cannot read image .*t1\.png"):
+        ds[1]
+
+
+def test_absent_split_is_a_clear_error(synthetic_dataset):
+    spec, root = synthetic_dataset
+    with pytest.raises(DatasetError, match="split 'test' is absent"):
+        SegmentationSplit(spec, root, "test")
+
+
+def test_camvid_manifest_lists_all_three_splits():
+    spec = get_spec("camvid")
+    assert len(read_manifest(spec)) == 2 * (367 + 101 + 233)
+    assert [len(split_files(spec, s)) for s in ("train", "val", "test")] == [367, 101, 233]
+
+
+@requires_shared
+def test_real_camvid_verifies_without_test_split():
+    import os
+
+    spec = get_spec("camvid")
+    root, splits = fetch(spec, os.environ["ACSEG_CAMVID_DIR"], "unused")
+    assert splits == {"train": 367, "val": 101}

@@ -1,0 +1,118 @@
+"""The whole pipeline through the CLI on a handful of real CamVid images with the real DINOv2 weights."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bench.cli import app
+from tests.conftest import WEIGHTS_FILE, WEIGHTS_SHA256, shared_paths
+
+ROOT = Path(__file__).parents[2]
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, mini_camvid):
+    """A params file for camvid_mini at a small resolution with the tiny ACSeg preset, in a temp cwd."""
+    spec, root = mini_camvid
+    _, weights_dir = shared_paths()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(dataset=spec.name, local_copy=str(root), manifest_out="data/mini.json")
+    params["backbone"].update(weights=WEIGHTS_FILE, weights_sha256=WEIGHTS_SHA256, weights_dir=str(weights_dir))
+    params["features"].update(height=112, width=154, cache_dir=str(tmp_path.parent / "shared-cache"))
+    params["acseg"].update(prototypes=4, depth=1, width=32, heads=2, mlp_width=64)
+    params["train"].update(steps=6, batch_size=2, warmup_steps=1, log_every=2, pixel_samples=64)
+    params["classifier"].update(n_classes=4)
+    params["kmeans"].update(k=4, max_points=5000)
+    params["run"].update(seeds=[0], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_end_to_end_cli_with_tracking(workdir):
+    assert "absent: ['test']" in invoke("fetch")
+    invoke("features", "--quiet")
+    invoke("train", "--quiet")
+    out = invoke("evaluate", "--quiet")
+    assert "acseg seed 0: mIoU" in out
+    invoke("baseline", "kmeans", "--quiet")
+    invoke("results")
+    df = pd.read_csv(workdir / "reports/results.csv")
+    assert {"dataset", "split", "method", "backbone", "crf", "seed", "miou", "acc"} <= set(df.columns)
+    assert sorted(df.method) == ["acseg", "kmeans"] and (df.split == "val").all() and (~df.crf).all()
+    assert df.miou.between(0, 100).all() and df.acc.between(0, 100).all()
+    metrics = json.loads((workdir / "runs/acseg/seed0/metrics.json").read_text())
+    assert metrics["weights_sha256"] == WEIGHTS_SHA256 and 1 <= metrics["concepts_per_image_mean"] <= 4
+    assert (workdir / "runs/acseg/seed0/qualitative.png").stat().st_size > 0
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["acseg-bench"])
+    assert len(runs) == 3  # train acseg, evaluate acseg, evaluate kmeans
+    evaluated = runs[runs["tags.mlflow.runName"] == "evaluate-acseg-seed0"].iloc[0]
+    for tag in ("git_commit", "backbone", "weights_sha256", "dataset", "split", "seed"):
+        assert evaluated[f"tags.{tag}"]
+    assert evaluated["tags.weights_sha256"] == WEIGHTS_SHA256
+    assert evaluated["metrics.miou"] == pytest.approx(metrics["miou"])
+    assert evaluated["params.acseg.prototypes"] == "4"
+
+    # predict: a folder of images -> label PNGs + overlays at the images' size
+    from PIL import Image
+
+    images = workdir / "imgs"
+    images.mkdir()
+    src = Path(yaml.safe_load((workdir / "params.yaml").read_text())["data"]["local_copy"]) / "val"
+    for p in sorted(src.iterdir())[:2]:
+        (images / p.name).write_bytes(p.read_bytes())
+    invoke("predict", str(images), str(workdir / "pred"))
+    label = Image.open(workdir / "pred" / sorted(src.iterdir())[0].name)
+    assert label.size == (480, 360) and label.mode == "L"
+    assert (workdir / "pred" / (sorted(src.iterdir())[0].stem + "_overlay.png")).exists()
+
+
+def test_same_config_and_seed_give_identical_metrics(workdir):
+    invoke("fetch")
+    invoke("features", "--quiet")
+    results = []
+    for _ in range(2):
+        invoke("train", "--quiet")
+        invoke("evaluate", "--quiet")
+        results.append(json.loads((workdir / "runs/acseg/seed0/metrics.json").read_text()))
+    assert results[0]["miou"] == results[1]["miou"] and results[0]["acc"] == results[1]["acc"]
+    assert results[0]["mapping"] == results[1]["mapping"]
+
+
+def test_second_run_reuses_the_feature_cache(workdir, monkeypatch):
+    invoke("fetch")
+    invoke("features", "--quiet")
+    import bench.backbones
+
+    def fail(*a, **k):
+        raise AssertionError("the backbone was loaded again instead of reusing the cache")
+
+    monkeypatch.setattr(bench.backbones, "load_backbone", fail)
+    invoke("features", "--quiet")
+
+
+def test_invalid_parameter_via_cli_is_one_clear_line(workdir):
+    result = runner.invoke(app, ["train", "--set", "acseg.prototypes=1"])
+    assert result.exit_code == 2
+    assert "invalid parameter acseg.prototypes=1" in result.output
+
+
+def test_missing_weights_via_cli(workdir):
+    result = runner.invoke(app, ["features", "--set", "backbone.weights=missing.safetensors",
+                                 "--set", "features.height=126"])
+    assert result.exit_code == 2 and "'missing.safetensors' not found" in result.output
