@@ -28,10 +28,19 @@ def region_embeddings(
 
 
 def fit_concept_classifier(
-    embeddings: torch.Tensor, n_classes: int, seed: int = 0, cosine: bool = True, iters: int = 100
+    embeddings: torch.Tensor,
+    n_classes: int,
+    seed: int = 0,
+    cosine: bool = True,
+    iters: int = 100,
+    n_init: int = 1,
+    weights: torch.Tensor | None = None,
 ) -> KMeansResult:
-    """k-means over the region embeddings [M, d] of a split (only regions that exist) into K classes."""
-    return kmeans(embeddings, n_classes, seed=seed, iters=iters, cosine=cosine)
+    """k-means over the region embeddings [M, d] of a split (only regions that exist) into K classes.
+
+    ``weights`` (e.g. region sizes) make large regions count more than slivers.
+    """
+    return kmeans(embeddings, n_classes, seed=seed, iters=iters, cosine=cosine, n_init=n_init, weights=weights)
 
 
 def classify_concepts(embeddings: torch.Tensor, centroids: torch.Tensor, cosine: bool = True) -> torch.Tensor:

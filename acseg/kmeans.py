@@ -73,34 +73,48 @@ def kmeans(
     cosine: bool = False,
     tol: float = 1e-6,
     chunk: int = 65536,
+    n_init: int = 1,
+    weights: torch.Tensor | None = None,
 ) -> KMeansResult:
-    """Cluster x [N, d] into k clusters. Deterministic for a given seed."""
+    """Cluster x [N, d] into k clusters, optionally with per-point weights [N].
+
+    ``n_init`` restarts from different k-means++ draws keep the one with the lowest inertia (a label-free
+    choice). Deterministic for a given seed.
+    """
     if k < 1 or k > x.shape[0]:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
     x = x.float()
     if cosine:
         x = F.normalize(x, dim=-1)
+    w = torch.ones(x.shape[0]) if weights is None else weights.float()
     generator = torch.Generator().manual_seed(seed)
+    best = None
+    for _ in range(n_init):
+        result = _lloyd(x, w, k, generator, iters, cosine, tol, chunk)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    return best
+
+
+def _lloyd(x, w, k, generator, iters, cosine, tol, chunk) -> KMeansResult:
     centroids = kmeans_plus_plus(x, k, generator, cosine)
-    previous = None
     for _ in range(iters):
         labels = _nearest(x, centroids, cosine, chunk)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
-        empty = counts == 0
-        new = sums / counts.clamp_min(1)[:, None]
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x * w[:, None])
+        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, labels, w)
+        empty = mass == 0
+        new = sums / mass.clamp_min(1e-12)[:, None]
         if empty.any():  # re-seed empty clusters on random points instead of letting them die
             new[empty] = x[torch.randint(x.shape[0], (int(empty.sum()),), generator=generator)]
         if cosine:
             new = F.normalize(new, dim=-1)
         shift = (new - centroids).pow(2).sum().item()
         centroids = new
-        if previous is not None and shift < tol:
+        if shift < tol:
             break
-        previous = shift
     labels = _nearest(x, centroids, cosine, chunk)
     if cosine:
-        inertia = (1 - (x * centroids[labels]).sum(-1)).sum().item()
+        inertia = (w * (1 - (x * centroids[labels]).sum(-1))).sum().item()
     else:
-        inertia = (x - centroids[labels]).pow(2).sum().item()
+        inertia = (w * (x - centroids[labels]).pow(2).sum(-1)).sum().item()
     return KMeansResult(centroids, labels, inertia)

@@ -30,12 +30,14 @@ class Segmentation:
 class ACSeg(nn.Module):
     """The trained pieces: feature centring, the concept generator, and the classifier's class centroids."""
 
-    def __init__(self, generator: ConceptGenerator, feature_mean: torch.Tensor, n_classes: int, cosine: bool = True):
+    def __init__(self, generator: ConceptGenerator, feature_mean: torch.Tensor, n_classes: int, cosine: bool = True,
+                 raw_regions: bool = False):
         super().__init__()
         self.generator = generator
         self.register_buffer("feature_mean", feature_mean.float())
         self.register_buffer("class_centroids", torch.zeros(n_classes, feature_mean.shape[-1]))
         self.cosine = cosine
+        self.raw_regions = raw_regions  # region means of the raw features instead of the centred ones
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:
         """[B, h, w, d] cached features -> [B, n, d] float, centred."""
@@ -50,6 +52,8 @@ class ACSeg(nn.Module):
     def regions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Region-mean embedding of every concept: (embeddings [B, k, d], counts [B, k], similarity [B, n, k])."""
         x, s = self.assign(features)
+        if self.raw_regions:
+            x = x + self.feature_mean
         emb, counts = region_embeddings(x, hard_assignment(s), self.generator.n_prototypes)
         return emb, counts, s
 

@@ -39,5 +39,6 @@ def fit_kmeans_baseline(cfg: Config, train: CachedFeatures, n_clusters: int, see
     generator = torch.Generator().manual_seed(seed)
     if flat.shape[0] > cfg.kmeans.max_points:
         flat = flat[torch.randperm(flat.shape[0], generator=generator)[: cfg.kmeans.max_points]]
-    result = kmeans(flat.float() - mean, n_clusters, seed=seed, iters=cfg.kmeans.iters, cosine=cfg.kmeans.cosine)
+    result = kmeans(flat.float() - mean, n_clusters, seed=seed, iters=cfg.kmeans.iters, cosine=cfg.kmeans.cosine,
+                    n_init=cfg.kmeans.n_init)
     return KMeansSegmenter(result.centroids, mean, cfg.kmeans.cosine)

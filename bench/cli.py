@@ -120,6 +120,24 @@ def baseline_kmeans(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"
 
 
 @app.command()
+def diagnose(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+    """Where ACSeg falls short: modularity and majority-class oracle of its concepts vs per-image k-means.
+
+    The oracle uses labels to judge partitions only; nothing is tuned or selected with it.
+    """
+    from bench.runs import run_diagnose
+
+    cfg = _config(params, preset, set_, device)
+    for s in [seed] if seed is not None else cfg.run.seeds:
+        r = _guard(run_diagnose, cfg, s, progress=not quiet)
+        typer.echo(f"seed {s}: modularity {r['modularity_learned']:.3f} (per-image k-means "
+                   f"{r['modularity_per_image_kmeans']:.3f}); oracle mIoU {r['oracle_miou_learned']:.1f} "
+                   f"(per-image k-means {r['oracle_miou_per_image_kmeans']:.1f}); concepts/image "
+                   f"{r['concepts_per_image_mean']:.2f}")
+
+
+@app.command()
 def results(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
     """Collect every evaluated run into reports/results.csv (one tidy row per run)."""
     from bench.runs import collect_results

@@ -89,6 +89,9 @@ class TrainConfig:
 class ClassifierConfig:
     n_classes: int = 0  # K; 0: the dataset's number of classes
     cosine: bool = True  # spherical k-means over L2-normalised region means
+    raw_regions: bool = False  # region means of the raw (not centred) features
+    weighted: bool = False  # weight each region by its pixel count in the k-means
+    n_init: int = 1  # k-means restarts; the lowest inertia wins (no labels involved)
     iters: int = 100
 
 
@@ -97,6 +100,7 @@ class KMeansConfig:
     k: int = 0  # 0: the dataset's number of classes
     cosine: bool = True
     centre: bool = True
+    n_init: int = 1  # restarts; the lowest inertia wins (no labels involved)
     iters: int = 100
     max_points: int = 200_000  # patches drawn from the training split to fit the centroids
 
@@ -308,6 +312,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
     need(cfg.classifier.n_classes >= 0, "classifier.n_classes", "must be >= 0 (0 = the dataset's classes)")
     need(cfg.kmeans.k >= 0, "kmeans.k", "must be >= 0 (0 = the dataset's classes)")
+    need(cfg.classifier.n_init >= 1, "classifier.n_init", "must be >= 1")
+    need(cfg.kmeans.n_init >= 1, "kmeans.n_init", "must be >= 1")
     need(cfg.kmeans.max_points >= 1, "kmeans.max_points", "must be >= 1")
     need(bool(cfg.run.seeds), "run.seeds", "needs at least one seed")
     need(cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), "run.device", "must be cpu or cuda[:N]")

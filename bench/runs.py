@@ -192,6 +192,23 @@ def tracking_label(cfg: Config) -> str:
     return weights_label(cfg.backbone)
 
 
+def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
+    """Learned concepts vs per-image k-means on the evaluation split (see bench/diagnose.py)."""
+    from bench.data import load_label
+    from bench.diagnose import diagnose
+
+    spec = get_spec(cfg.data.dataset)
+    device = resolve_device(cfg.run.device)
+    split = cfg.data.eval_split
+    model, _ = load_model(cfg, seed, device)
+    root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
+    report = diagnose(model, load_features(cfg, split), spec, root / spec.splits[split][1], load_label, device,
+                      seed=seed, progress=progress)
+    report.update(split=split, seed=seed)
+    write_json_atomic(run_dir(cfg, "acseg", seed) / "diagnostics.json", report)
+    return report
+
+
 # ----------------------------------------------------------------------------------------------- results
 
 RESULT_COLUMNS = ["dataset", "split", "method", "backbone", "weights", "resolution", "feature_type",

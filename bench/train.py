@@ -43,7 +43,8 @@ class TrainHistory:
 def build_model(cfg: Config, feature_dim: int, feature_mean: torch.Tensor, n_classes: int) -> ACSeg:
     a = cfg.acseg
     generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention)
-    return ACSeg(generator, feature_mean, n_classes, cosine=cfg.classifier.cosine)
+    return ACSeg(generator, feature_mean, n_classes, cosine=cfg.classifier.cosine,
+                 raw_regions=cfg.classifier.raw_regions)
 
 
 def feature_mean(features: torch.Tensor, centre: bool) -> torch.Tensor:
@@ -109,24 +110,26 @@ def _loss_kwargs(cfg: Config) -> dict:
 
 @torch.no_grad()
 def collect_regions(model: ACSeg, feats: torch.Tensor, device: torch.device, batch_size: int = 16):
-    """Region embeddings of every concept that wins at least one patch, over a whole split: [M, d]."""
+    """Region embeddings [M, d] and pixel counts [M] of every concept that wins a patch, over a whole split."""
     model.eval()
-    out = []
+    embeddings, sizes = [], []
     for part in feats.split(batch_size):
         emb, counts, _ = model.regions(part.to(device))
-        out.append(emb[counts > 0].cpu())
-    return torch.cat(out)
+        embeddings.append(emb[counts > 0].cpu())
+        sizes.append(counts[counts > 0].cpu())
+    return torch.cat(embeddings), torch.cat(sizes)
 
 
 def fit_classifier(cfg: Config, model: ACSeg, train: CachedFeatures, n_classes: int, seed: int,
                    device: torch.device) -> int:
     """k-means over the training split's concept regions into K classes; returns the number of regions."""
-    regions = collect_regions(model, train.features, device)
+    regions, sizes = collect_regions(model, train.features, device)
     if regions.shape[0] < n_classes:
         raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the training split, fewer than "
                                f"K={n_classes} classes: the concepts collapsed")
-    result = fit_concept_classifier(regions, n_classes, seed=seed, cosine=cfg.classifier.cosine,
-                                    iters=cfg.classifier.iters)
+    c = cfg.classifier
+    result = fit_concept_classifier(regions, n_classes, seed=seed, cosine=c.cosine, iters=c.iters, n_init=c.n_init,
+                                    weights=sizes if c.weighted else None)
     model.class_centroids.copy_(result.centroids.to(device))
     return regions.shape[0]
 

@@ -47,6 +47,9 @@ def test_end_to_end_cli_with_tracking(workdir):
     out = invoke("evaluate", "--quiet")
     assert "acseg seed 0: mIoU" in out
     invoke("baseline", "kmeans", "--quiet")
+    assert "oracle mIoU" in invoke("diagnose", "--quiet")
+    diag = json.loads((workdir / "runs/acseg/seed0/diagnostics.json").read_text())
+    assert -0.5 <= diag["modularity_learned"] <= 1 and sum(diag["concepts_per_image_hist"].values()) == 4
     invoke("results")
     df = pd.read_csv(workdir / "reports/results.csv")
     assert {"dataset", "split", "method", "backbone", "crf", "seed", "miou", "acc"} <= set(df.columns)
