@@ -113,7 +113,6 @@ class RunConfig:
     results_csv: str = "reports/results.csv"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "acseg-bench"
-    crf: bool = False
 
 
 @dataclass

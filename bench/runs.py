@@ -219,11 +219,19 @@ def collect_results(cfg: Config) -> Path:
     """Every evaluated run under run.runs_dir -> one tidy row each in run.results_csv (+ a summary table)."""
     import pandas as pd
 
-    rows = [json.loads(p.read_text()) for p in sorted(Path(cfg.run.runs_dir).glob("*/seed*/metrics.json"))]
+    base = Path(cfg.run.runs_dir)
+    rows = []
+    for path in sorted(base.rglob("seed*/metrics.json")):
+        row = {**json.loads(path.read_text()), "run": str(path.parent.relative_to(base))}
+        trained = path.parent / "train_summary.json"  # ACSeg runs: training speed and final loss
+        if trained.is_file():
+            row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss")})
+        rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
-    df = pd.DataFrame(rows)[RESULT_COLUMNS].sort_values(["dataset", "split", "method", "crf", "seed"])
-    df["miou"], df["acc"] = df["miou"].round(2), df["acc"].round(2)
+    extra = [c for c in ("run", "concepts_per_image_mean", "steps_per_second", "final_loss") if c in pd.DataFrame(rows)]
+    df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])
+    df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4})
     out = Path(cfg.run.results_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -39,3 +39,14 @@ def test_real_weights_load_strictly():
                                             weights_dir=str(weights_dir)))
     assert sha == WEIGHTS_SHA256
     assert sum(p.numel() for p in vit.parameters()) == 22_056_192
+
+
+def test_hub_failure_says_how_to_work_offline(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsError, match="could not download the weights of .* Offline: .*ACSEG_WEIGHTS_DIR"):
+        resolve_weights_file(BackboneConfig(weights="hub"))

@@ -57,3 +57,32 @@ def test_real_camvid_verifies_without_test_split():
     spec = get_spec("camvid")
     root, splits = fetch(spec, os.environ["ACSEG_CAMVID_DIR"], "unused")
     assert splits == {"train": 367, "val": 101}
+
+
+def _archive(spec, root, tmp_path, truncate=False):
+    """A .tar.gz laid out like the upstream repository archive, served by a file:// URL."""
+    import dataclasses
+    import tarfile
+
+    archive = tmp_path / "upstream.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="Repo-abc/CamVid")
+    if truncate:
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    return dataclasses.replace(spec, url=archive.as_uri(), archive_subdir="Repo-abc/CamVid")
+
+
+def test_download_unpacks_verifies_and_publishes_atomically(synthetic_dataset, tmp_path):
+    spec, root = synthetic_dataset
+    spec = _archive(spec, root, tmp_path)
+    downloaded, splits = fetch(spec, None, str(tmp_path / "raw"))
+    assert downloaded == tmp_path / "raw" / spec.name and splits == {"train": 3, "val": 2}
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == [spec.name]  # no temporary leftovers
+
+
+def test_truncated_download_is_reported_and_leaves_nothing(synthetic_dataset, tmp_path):
+    spec, root = synthetic_dataset
+    spec = _archive(spec, root, tmp_path, truncate=True)
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        fetch(spec, None, str(tmp_path / "raw"))
+    assert list((tmp_path / "raw").iterdir()) == []

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Evidence for the CPU defaults in params.yaml: each variant changes one choice from the defaults, trains and
+# evaluates ACSeg (seed 0) through the ordinary CLI into runs_variants/<name>/, and the results land in
+# reports/cpu_defaults.csv (one row per run; steps/s and final loss from training, concepts per image).
+# Run from the repository root with the environment of the README (about 30 minutes on 2 CPU cores;
+# it reuses the feature cache of `dvc repro`, and extracts attention keys once for the `keys` variant).
+set -euo pipefail
+seed=0
+variant() {
+    local name=$1; shift
+    local sets=(-s "run.runs_dir=runs_variants/$name" "$@")
+    acseg-bench train --seed $seed --quiet "${sets[@]}"
+    acseg-bench evaluate --seed $seed --quiet "${sets[@]}"
+}
+variant steps400 -s train.steps=400
+variant k5 -s acseg.prototypes=5
+variant k20 -s acseg.prototypes=20
+variant paper_width -s acseg.width=null -s acseg.heads=6 -s acseg.mlp_width=1024
+variant soft_loss -s acseg.loss=soft_modularity
+acseg-bench features --quiet -s features.type=keys
+variant keys -s features.type=keys
+acseg-bench baseline kmeans --seed $seed --quiet -s features.type=keys -s run.runs_dir=runs_variants/keys
+acseg-bench results -s run.runs_dir=runs_variants -s run.results_csv=reports/cpu_defaults.csv

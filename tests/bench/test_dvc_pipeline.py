@@ -1,0 +1,43 @@
+"""dvc.yaml and the Python code must agree on where the feature cache lives and what the stages are."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bench.cache import cache_dir
+from bench.config import load_config
+
+ROOT = Path(__file__).parents[2]
+
+
+def interpolate(template: str, params: dict, item: str) -> str:
+    def value(match):
+        key = match.group(1)
+        if key == "item":
+            return item
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([^}]+)\}", value, template)
+
+
+def test_feature_cache_path_in_dvc_yaml_matches_python():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = load_config(ROOT / "params.yaml", environment={})
+    (template,) = [next(iter(o)) if isinstance(o, dict) else o for o in stages["features"]["do"]["outs"]]
+    for split in stages["features"]["foreach"]:
+        assert interpolate(template, params, split) == str(cache_dir(cfg, split))
+
+
+def test_every_stage_calls_the_cli_and_declares_metrics():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == {"fetch", "features", "train", "evaluate", "diagnose", "kmeans", "results"}
+    for name, stage in stages.items():
+        cmd = stage.get("do", stage)["cmd"]
+        assert cmd.startswith("acseg-bench "), name
+    assert "metrics" in stages["evaluate"]["do"] and "metrics" in stages["results"]
+    assert (ROOT / ".dvc" / "config").read_text().count("analytics = false") == 1
