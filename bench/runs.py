@@ -216,7 +216,8 @@ RESULT_COLUMNS = ["dataset", "split", "method", "backbone", "weights", "resoluti
 
 
 def collect_results(cfg: Config) -> Path:
-    """Every evaluated run under run.runs_dir -> one tidy row each in run.results_csv (+ a summary table)."""
+    """Every evaluated run under run.runs_dir -> one tidy row each in run.results_csv, and the mean and std
+    over seeds beside it in <name>_summary.json (each results file has its own summary)."""
     import pandas as pd
 
     base = Path(cfg.run.runs_dir)
@@ -240,5 +241,5 @@ def collect_results(cfg: Config) -> Path:
     summary = (df.groupby(["dataset", "split", "method", "backbone", "crf"])
                .agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), acc_mean=("acc", "mean"),
                     acc_std=("acc", "std"), seeds=("seed", "count")).round(2).reset_index())
-    write_json_atomic(out.with_name("summary.json"), {"rows": summary.to_dict(orient="records")})
+    write_json_atomic(out.with_name(f"{out.stem}_summary.json"), {"rows": summary.to_dict(orient="records")})
     return out

@@ -119,3 +119,12 @@ def test_missing_weights_via_cli(workdir):
     result = runner.invoke(app, ["features", "--set", "backbone.weights=missing.safetensors",
                                  "--set", "features.height=126"])
     assert result.exit_code == 2 and "'missing.safetensors' not found" in result.output
+
+
+def test_each_results_file_gets_its_own_summary(workdir):
+    invoke("fetch")
+    invoke("features", "--quiet")
+    invoke("baseline", "kmeans", "--quiet")
+    invoke("results")
+    invoke("results", "--set", "run.results_csv=reports/other.csv")
+    assert (workdir / "reports/results_summary.json").is_file() and (workdir / "reports/other_summary.json").is_file()
