@@ -126,9 +126,6 @@ class Config:
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def section(self, name: str) -> Any:
-        return getattr(self, name)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

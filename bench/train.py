@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from acseg.assignment import cosine_assignment
 from acseg.classifier import fit_concept_classifier
 from acseg.concept_generator import ConceptGenerator
 from acseg.losses import concept_loss
@@ -81,8 +82,7 @@ def train_generator(
             group["lr"] = lr_at(step, cfg)
         batch = torch.randint(n_images, (t.batch_size,), generator=generator)
         x = model.prepare(feats[batch].to(device))
-        similarity = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(
-            model.generator(x), dim=-1).transpose(1, 2)
+        similarity = cosine_assignment(x, model.generator(x))
         if 0 < samples < n_pix:  # the loss on a random subset of pixels: O(P^2) instead of O(n^2)
             idx = torch.rand(t.batch_size, n_pix, generator=generator).argsort(-1)[:, :samples].to(device)
             x = torch.gather(x, 1, idx[..., None].expand(-1, -1, d))
