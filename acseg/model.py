@@ -25,6 +25,7 @@ class Segmentation:
     patch_concepts: torch.Tensor  # [B, h, w] concept id per patch
     concept_classes: torch.Tensor  # [B, k] class of each concept (-1 where the concept wins no patch)
     n_concepts: torch.Tensor  # [B] concepts used per image (the adaptive count)
+    concept_scores: torch.Tensor  # [B, k, H, W] upsampled cosine maps (-2 where a concept wins no patch)
 
 
 class ACSeg(nn.Module):
@@ -73,4 +74,5 @@ class ACSeg(nn.Module):
             patch_concepts=hard_assignment(s).reshape(b, h, w),
             concept_classes=concept_classes,
             n_concepts=present.sum(1),
+            concept_scores=maps,
         )

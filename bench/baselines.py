@@ -24,11 +24,12 @@ class KMeansSegmenter(torch.nn.Module):
         self.cosine = cosine
 
     def forward(self, features: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """Closeness of every pixel to every centroid at ``out_size``; the argmax is the cluster."""
         b, h, w, d = features.shape
         x = features.reshape(b, h * w, d).float() - self.feature_mean
         scores = centroid_scores(x, self.centroids, self.cosine)  # [B, n, K]
         maps = scores.transpose(1, 2).reshape(b, -1, h, w)
-        return F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False).argmax(1)
+        return F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)  # [B, K, H, W] scores
 
 
 def fit_kmeans_baseline(cfg: Config, train: CachedFeatures, n_clusters: int, seed: int) -> KMeansSegmenter:

@@ -45,23 +45,24 @@ def expected_meta(cfg: Config, split: str) -> dict:
     }
 
 
-def is_valid(path: Path, meta: dict) -> bool:
+def is_valid(path: Path, meta: dict, filename: str = "features.safetensors") -> bool:
     """A complete entry written for exactly this key."""
     try:
         stored = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    return (path / "features.safetensors").is_file() and all(stored.get(k) == v for k, v in meta.items())
+    return (path / filename).is_file() and all(stored.get(k) == v for k, v in meta.items())
 
 
-def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict,
+                filename: str = "features.safetensors") -> None:
     """Atomically publish a cache entry (temp folder + rename); replaces an invalid older entry."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "features.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / filename))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if path.exists():
             shutil.rmtree(path)
@@ -71,8 +72,8 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Non
         raise
 
 
-def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_entry(path: Path, filename: str = "features.safetensors") -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
     meta = json.loads((path / "meta.json").read_text())
-    return load_file(str(path / "features.safetensors")), meta
+    return load_file(str(path / filename)), meta

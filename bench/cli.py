@@ -23,6 +23,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:N] (falls back to cpu with a message).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="One seed (default: every seed in run.seeds).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (params section crf); results "
+                                      "go to the run's crf/ folder with crf=true.")]
 
 
 def _config(params: Path, preset: str | None, sets: list[str] | None, device: str | None = None):
@@ -96,27 +98,55 @@ def train(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset:
         typer.echo(f"seed {s}: {_guard(run_train, cfg, s, progress=not quiet)}")
 
 
-def _evaluate(method: str, seed, params, preset, set_, device, quiet):
-    from bench.runs import run_evaluate
+def _evaluate(method: str, seed, params, preset, set_, device, quiet, crf: bool = False, train_first: bool = False):
+    from bench.runs import run_evaluate, run_train_stego
 
     cfg = _config(params, preset, set_, device)
     for s in [seed] if seed is not None else cfg.run.seeds:
-        m = _guard(run_evaluate, cfg, method, s, progress=not quiet)
-        typer.echo(f"{method} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  ({m['dataset_title']} {m['split']})")
+        if train_first:
+            typer.echo(f"{method} seed {s}: trained -> {_guard(run_train_stego, cfg, s, progress=not quiet)}")
+        m = _guard(run_evaluate, cfg, method, s, progress=not quiet, crf=crf)
+        typer.echo(f"{method}{' + CRF' if crf else ''} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  "
+                   f"({m['dataset_title']} {m['split']})")
 
 
 @app.command()
 def evaluate(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
-    """Evaluate trained ACSeg models on the evaluation split (Hungarian-matched mIoU and accuracy)."""
-    _evaluate("acseg", seed, params, preset, set_, device, quiet)
+             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False,
+             method: Annotated[str, typer.Option("--method", help="acseg, kmeans or stego (already trained).")] = "acseg"):
+    """Evaluate trained models on the evaluation split (Hungarian-matched mIoU and accuracy)."""
+    from bench.runs import METHODS
+
+    if method not in METHODS:
+        _fail(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    _evaluate(method, seed, params, preset, set_, device, quiet, crf)
 
 
 @baseline_app.command("kmeans")
 def baseline_kmeans(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-                    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+                    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False):
     """DINO k-means: K = classes over cached patch features, evaluated like ACSeg (the floor)."""
-    _evaluate("kmeans", seed, params, preset, set_, device, quiet)
+    _evaluate("kmeans", seed, params, preset, set_, device, quiet, crf)
+
+
+@baseline_app.command("stego")
+def baseline_stego(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+                   set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False):
+    """STEGO on cached features: train the head and cluster probe (last step kept), then evaluate like ACSeg.
+
+    With --crf, the already trained model of each seed is evaluated with the dense CRF (no retraining).
+    Published weight/shift sets: --preset stego_cocostuff (the default values) or stego_cityscapes.
+    """
+    _evaluate("stego", seed, params, preset, set_, device, quiet, crf, train_first=not crf)
+
+
+@baseline_app.command("stego-knn")
+def baseline_stego_knn(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
+    """STEGO's k-NN positives: top-k images by cosine of pooled features over the training split (cached)."""
+    from bench.runs import run_stego_knn
+
+    cfg = _config(params, preset, set_)
+    typer.echo(str(_guard(run_stego_knn, cfg)))
 
 
 @app.command()

@@ -106,6 +106,47 @@ class KMeansConfig:
 
 
 @dataclass
+class StegoConfig:
+    """STEGO trained on cached features (docs/protocol.md). Defaults: the published COCO-Stuff ViT-S weights and
+    shifts (the closest published setting to a ViT-S backbone); ``--preset stego_cityscapes`` has the other."""
+
+    code_dim: int = 70
+    dropout: float = 0.1  # whole feature channels, per image
+    knn: int = 30  # neighbours kept per image in the k-NN table
+    knn_draw: int = 7  # a positive is drawn uniformly from the nearest knn_draw
+    feature_samples: int = 11  # an S x S set of points per image in the loss
+    neg_samples: int = 5  # random-image pairings per step
+    pointwise: bool = True  # centre each point's feature correlations
+    zero_clamp: bool = True
+    w_self: float = 0.67
+    w_knn: float = 0.25
+    w_rand: float = 0.63
+    shift_self: float = 0.08
+    shift_knn: float = 0.02
+    shift_rand: float = 0.66
+    steps: int = 5000
+    batch_size: int = 16
+    lr: float = 5e-4  # head
+    probe_lr: float = 5e-3  # cluster probe
+    log_every: int = 50
+    knn_dir: str = "cache/knn"
+    centre: bool = False  # subtract the training split's mean feature (head input and correlations); STEGO: raw
+
+
+@dataclass
+class CRFConfig:
+    """Dense CRF post-processing (``--crf``): the published DenseCRF2D settings (docs/protocol.md)."""
+
+    iterations: int = 10
+    gaussian_sxy: float = 1.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+    alpha: float = 2.0  # unary = softmax(alpha * scores); STEGO's cluster-probe scale for cosine scores
+
+
+@dataclass
 class RunConfig:
     device: str = "cpu"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -124,6 +165,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    stego: StegoConfig = field(default_factory=StegoConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +199,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.lr": 1e-4,
         "train.pixel_samples": 0,
     },
+    # STEGO's published weights and shifts (order: self, k-NN, random), kept under their names.
+    "stego_cocostuff": {  # COCO-Stuff, ViT-S
+        "stego.w_self": 0.67, "stego.w_knn": 0.25, "stego.w_rand": 0.63,
+        "stego.shift_self": 0.08, "stego.shift_knn": 0.02, "stego.shift_rand": 0.66,
+        "stego.code_dim": 70, "stego.pointwise": True,
+    },
+    "stego_cityscapes": {  # Cityscapes, ViT-B
+        "stego.w_self": 1.0, "stego.w_knn": 0.577, "stego.w_rand": 0.906,
+        "stego.shift_self": 0.458, "stego.shift_knn": 0.175, "stego.shift_rand": 0.314,
+        "stego.code_dim": 100, "stego.pointwise": False,
+    },
     # A few-second configuration for smoke tests and CI.
     "tiny": {
         "acseg.depth": 1,
@@ -166,6 +220,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.batch_size": 2,
         "train.warmup_steps": 1,
         "train.log_every": 1,
+        "stego.steps": 5,
+        "stego.batch_size": 2,
+        "stego.knn": 2,
+        "stego.knn_draw": 2,
+        "stego.feature_samples": 3,
+        "stego.neg_samples": 1,
+        "stego.log_every": 1,
     },
 }
 
@@ -311,6 +372,18 @@ def validate(cfg: Config) -> None:
     need(cfg.classifier.n_init >= 1, "classifier.n_init", "must be >= 1")
     need(cfg.kmeans.n_init >= 1, "kmeans.n_init", "must be >= 1")
     need(cfg.kmeans.max_points >= 1, "kmeans.max_points", "must be >= 1")
+    need(cfg.stego.code_dim >= 1, "stego.code_dim", "must be >= 1")
+    need(0 <= cfg.stego.dropout < 1, "stego.dropout", "must be in [0, 1)")
+    need(cfg.stego.knn >= 1, "stego.knn", "must be >= 1")
+    need(1 <= cfg.stego.knn_draw <= cfg.stego.knn, "stego.knn_draw", "must be between 1 and stego.knn")
+    need(cfg.stego.feature_samples >= 1, "stego.feature_samples", "must be >= 1")
+    need(cfg.stego.neg_samples >= 0, "stego.neg_samples", "must be >= 0")
+    need(cfg.stego.steps >= 1, "stego.steps", "must be >= 1")
+    need(cfg.stego.batch_size >= 2, "stego.batch_size", "the random-image term needs at least 2 images a batch")
+    need(cfg.stego.lr > 0 and cfg.stego.probe_lr > 0, "stego.lr", "learning rates must be positive")
+    need(cfg.stego.log_every >= 1, "stego.log_every", "must be >= 1")
+    need(cfg.crf.iterations >= 1, "crf.iterations", "must be >= 1")
+    need(cfg.crf.alpha > 0, "crf.alpha", "must be positive")
     need(bool(cfg.run.seeds), "run.seeds", "needs at least one seed")
     need(cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), "run.device", "must be cpu or cuda[:N]")
     need(cfg.backbone.weights in ("hub", "random") or bool(cfg.backbone.weights_sha256), "backbone.weights_sha256",

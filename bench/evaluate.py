@@ -1,8 +1,11 @@
 """Streaming evaluation: predictions image batch by image batch into one dataset-level confusion matrix.
 
 Memory does not grow with the split: only the current batch's predictions and the K x C matrix are held.
-Every method (ACSeg, k-means, later STEGO) is evaluated by this one function through a ``predict`` callable:
-cached features [B, h, w, d] and the label size -> cluster id per pixel [B, H, W].
+Every method (ACSeg, k-means, STEGO) is evaluated by this one function through a ``predict`` callable:
+cached features [B, h, w, d] and the label size -> a :class:`Prediction` (per-pixel segment scores at the
+label resolution). Without a CRF the argmax picks each pixel's segment; with one, the softmax of the scores is
+the CRF's unary and the argmax is taken after it. A segment is a cluster (k-means, STEGO) or a concept that
+carries its cluster (ACSeg).
 """
 
 from __future__ import annotations
@@ -14,11 +17,37 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from acseg.crf import CRFParams, dense_crf
 from acseg.metrics import ConfusionAccumulator, SegmentationScores, hungarian_miou
-from bench.data import DatasetSpec, load_label
+from bench.data import DatasetSpec, load_image, load_label
 from bench.features import CachedFeatures
 
-Predict = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+@dataclass
+class Prediction:
+    scores: torch.Tensor  # [B, S, H, W] per-pixel segment scores at the label resolution (higher = closer)
+    segment_clusters: torch.Tensor | None = None  # [B, S] cluster of each segment, -1 = unused; None: identity
+
+    def clusters(self, crf: CRFParams | None = None, images: list[np.ndarray] | None = None,
+                 alpha: float = 1.0) -> torch.Tensor:
+        """Cluster id per pixel [B, H, W]: argmax of the scores, after a dense CRF if ``crf`` is given."""
+        scores = self.scores
+        if self.segment_clusters is not None:  # a segment without a cluster can never win a pixel
+            scores = scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
+        if crf is None:
+            segments = scores.argmax(1)
+        else:
+            probs = torch.softmax(alpha * scores.float(), dim=1).cpu()
+            refined = torch.stack([dense_crf(image, p, crf) for image, p in zip(images, probs)])
+            if self.segment_clusters is not None:
+                refined = refined.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
+            segments = refined.argmax(1).to(scores.device)
+        if self.segment_clusters is None:
+            return segments
+        return torch.gather(self.segment_clusters, 1, segments.flatten(1)).reshape(segments.shape)
+
+
+Predict = Callable[[torch.Tensor, tuple[int, int]], Prediction]
 
 
 @dataclass
@@ -38,16 +67,36 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     on_batch: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
+    crf: CRFParams | None = None,
+    image_dir=None,
+    crf_alpha: float = 1.0,
 ) -> Evaluation:
+    """``crf`` (with ``image_dir``, the images at the label resolution): dense-CRF post-processing, unary =
+    softmax(crf_alpha * scores)."""
+    if crf is not None and image_dir is None:
+        raise ValueError("a CRF needs the images: pass image_dir")
     acc = ConfusionAccumulator(n_clusters, spec.n_classes, spec.ignore_index)
     n = len(feats.names)
+    desc = "evaluate + CRF" if crf is not None else "evaluate"
     with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress, unit="batch"):
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
             names = feats.names[start : start + batch_size]
             labels = torch.stack([torch.from_numpy(load_label(label_dir / name)) for name in names])
-            clusters = predict(feats.features[start : start + batch_size].to(device), tuple(labels.shape[1:]))
+            prediction = predict(feats.features[start : start + batch_size].to(device), tuple(labels.shape[1:]))
+            images = [_image_at(image_dir / name, labels.shape[1:]) for name in names] if crf is not None else None
+            clusters = prediction.clusters(crf, images, crf_alpha)
             acc.update(clusters, labels)
             if on_batch is not None:
                 on_batch(names, clusters.cpu(), labels)
     matrix = acc.matrix.numpy()
     return Evaluation(hungarian_miou(matrix), matrix, n)
+
+
+def _image_at(path, size) -> np.ndarray:
+    """The RGB image at the label resolution (the CRF's appearance kernel compares colours pixel by pixel)."""
+    image = load_image(path)
+    if image.shape[:2] != tuple(size):
+        from PIL import Image
+
+        image = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return image

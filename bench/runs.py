@@ -21,7 +21,7 @@ from bench.features import ensure_features, load_features, resolve_device
 
 log = logging.getLogger(__name__)
 
-METHODS = ("acseg", "kmeans")
+METHODS = ("acseg", "kmeans", "stego")
 
 
 def run_dir(cfg: Config, method: str, seed: int) -> Path:
@@ -29,8 +29,13 @@ def run_dir(cfg: Config, method: str, seed: int) -> Path:
 
 
 def n_clusters(cfg: Config, method: str) -> int:
-    k = cfg.classifier.n_classes if method == "acseg" else cfg.kmeans.k
+    k = {"acseg": cfg.classifier.n_classes, "kmeans": cfg.kmeans.k}.get(method, 0)
     return k or get_spec(cfg.data.dataset).n_classes
+
+
+def eval_dir(cfg: Config, method: str, seed: int, crf: bool) -> Path:
+    """Where an evaluation's outputs go: the run folder, or its crf/ subfolder for CRF-refined predictions."""
+    return run_dir(cfg, method, seed) / "crf" if crf else run_dir(cfg, method, seed)
 
 
 # ------------------------------------------------------------------------------------------------- fetch
@@ -104,11 +109,66 @@ def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
     return out
 
 
+def run_stego_knn(cfg: Config) -> Path:
+    """STEGO's k-NN positives over the training split (cached once per feature cache entry)."""
+    from bench.stego import ensure_knn
+
+    return ensure_knn(cfg, cfg.data.train_split)
+
+
+def run_train_stego(cfg: Config, seed: int, progress: bool = True) -> Path:
+    """Train STEGO's head and cluster probe on cached features; the last step is the model (no labels)."""
+    from bench.figures import loss_curve
+    from bench.stego import ensure_knn, load_knn, train_stego
+
+    device = resolve_device(cfg.run.device)
+    train = load_features(cfg, cfg.data.train_split)
+    ensure_knn(cfg, cfg.data.train_split, train)
+    k = n_clusters(cfg, "stego")
+    model, history = train_stego(cfg, seed, train, load_knn(cfg, cfg.data.train_split), k, device, progress)
+    out = run_dir(cfg, "stego", seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out / "model.pt", cfg, model, {"feature_dim": train.features.shape[-1], "n_classes": k,
+                                              "weights_sha256": train.meta["weights_sha256"]})
+    names = ["self", "knn", "rand", "probe"]
+    lines = ["step,loss," + ",".join(names)] + [
+        f"{step},{loss:.6f}," + ",".join(f"{history.terms[n][i]:.6f}" for n in names)
+        for i, (step, loss) in enumerate(zip(history.steps, history.loss))]
+    (out / "train_log.csv").write_text("\n".join(lines) + "\n")
+    summary = {"final_loss": history.loss[-1], "steps_per_second": history.steps_per_second,
+               "train_seconds": history.seconds, **history.correlation_summary()}
+    write_json_atomic(out / "train_summary.json", summary)
+    curve = loss_curve(history.steps, history.loss, out / "loss_curve.png",
+                       f"STEGO correspondence loss, seed {seed}")
+    tracking.log_run(cfg, f"train-stego-seed{seed}",
+                     tracking.standard_tags(cfg, cfg.data.train_split, seed, train.meta["weights_sha256"], "stego"),
+                     summary, series={"loss": list(zip(history.steps, history.loss)),
+                                      **{f"loss_{n}": list(zip(history.steps, history.terms[n])) for n in names}},
+                     artifacts=[curve, out / "train_log.csv"])
+    return out
+
+
+def load_stego(cfg: Config, seed: int, device: torch.device):
+    from bench.stego import StegoSegmenter
+
+    path = run_dir(cfg, "stego", seed) / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained STEGO model at {path}: run `acseg-bench baseline stego --seed {seed}` "
+                                "first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = StegoSegmenter(saved["feature_dim"], cfg.stego.code_dim, saved["n_classes"], cfg.stego.dropout,
+                           torch.zeros(saved["feature_dim"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
 def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
-    """(predict(features, size) -> cluster ids, weights sha256, extra metrics)."""
+    """(predict(features, size) -> Prediction, weights sha256, extra metrics)."""
+    from bench.evaluate import Prediction
+
     if method == "acseg":
         model, saved = load_model(cfg, seed, device)
         counts: list[torch.Tensor] = []
@@ -116,7 +176,7 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
         def predict(features, size):
             seg = model(features, size)
             counts.append(seg.n_concepts.cpu())
-            return seg.classes
+            return Prediction(seg.concept_scores, seg.concept_classes)
 
         def extra():
             c = torch.cat(counts).float()
@@ -129,11 +189,18 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
 
         fit = load_features(cfg, cfg.data.cluster_split)
         model = fit_kmeans_baseline(cfg, fit, n_clusters(cfg, "kmeans"), seed).to(device)
-        return (lambda f, s: model(f, s)), fit.meta["weights_sha256"], lambda: ({}, None)
+        return (lambda f, s: Prediction(model(f, s))), fit.meta["weights_sha256"], lambda: ({}, None)
+    if method == "stego":
+        model, saved = load_stego(cfg, seed, device)
+        return (lambda f, s: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
-def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qualitative: int = 4) -> dict:
+def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qualitative: int = 4,
+                 crf: bool = False) -> dict:
+    """Evaluate one trained (or fitted) method on the evaluation split; ``crf``: dense-CRF post-processing,
+    written to the run's crf/ folder."""
+    from acseg.crf import CRFParams
     from bench.data import SegmentationSplit
     from bench.evaluate import evaluate
     from bench.figures import qualitative_grid
@@ -153,33 +220,40 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
             if len(kept) < qualitative:
                 kept.append((name, c, lab))
 
+    c = cfg.crf
+    crf_params = CRFParams(c.iterations, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb,
+                           c.bilateral_compat) if crf else None
     ev = evaluate(predict, feats, spec, root / spec.splits[split][1], n_clusters(cfg, method), device,
-                  progress=progress, on_batch=keep_first)
+                  progress=progress, on_batch=keep_first, crf=crf_params, image_dir=root / spec.splits[split][0],
+                  crf_alpha=c.alpha)
     extra_metrics, concept_counts = extra()
-    out = run_dir(cfg, method, seed)
+    out = eval_dir(cfg, method, seed, crf)
     out.mkdir(parents=True, exist_ok=True)
     mapping = np.array(ev.scores.mapping)
     rows = [(name, dataset[dataset.names.index(name)][0].permute(1, 2, 0).numpy(), lab.numpy(),
              np.where(c.numpy() >= 0, mapping[c.numpy().clip(0)], -1)) for name, c, lab in kept]
-    figure = qualitative_grid(rows, out / "qualitative.png", f"{method} seed {seed}, {spec.title} {split}",
+    figure = qualitative_grid(rows, out / "qualitative.png",
+                              f"{method}{' + CRF' if crf else ''} seed {seed}, {spec.title} {split}",
                               spec.ignore_index)
     np.savetxt(out / "confusion.csv", ev.confusion, fmt="%d", delimiter=",")
-    if concept_counts is not None:
+    if concept_counts is not None and not crf:  # the counts do not depend on the CRF
         (out / "concepts_per_image.csv").write_text(
             "image,concepts\n" + "".join(f"{n},{int(c)}" + "\n" for n, c in zip(feats.names, concept_counts)))
     metrics = {
         "dataset": spec.name, "dataset_title": spec.title, "split": split, "method": method,
         "backbone": cfg.backbone.name, "weights": tracking_label(cfg), "weights_sha256": sha,
         "resolution": f"{cfg.features.height}x{cfg.features.width}", "feature_type": cfg.features.type,
-        "cluster_split": cfg.data.cluster_split, "crf": False, "seed": seed, "n_images": ev.n_images,
-        "n_clusters": n_clusters(cfg, method), "miou": ev.scores.miou, "acc": ev.scores.accuracy,
+        "cluster_split": cfg.data.cluster_split, "crf": crf, "seed": seed, "n_images": ev.n_images,
+        "n_clusters": n_clusters(cfg, method), "clusters_used": int((ev.confusion.sum(1) > 0).sum()),
+        "miou": ev.scores.miou, "acc": ev.scores.accuracy,
         "per_class_iou": dict(zip(spec.class_names, ev.scores.per_class_iou)),
         "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **extra_metrics,
     }
     write_json_atomic(out / "metrics.json", metrics)
     tracking.log_run(
-        cfg, f"evaluate-{method}-seed{seed}", tracking.standard_tags(cfg, split, seed, sha, method),
-        {"miou": ev.scores.miou, "acc": ev.scores.accuracy, **extra_metrics,
+        cfg, f"evaluate-{method}{'-crf' if crf else ''}-seed{seed}",
+        {**tracking.standard_tags(cfg, split, seed, sha, method), "crf": str(crf).lower()},
+        {"miou": ev.scores.miou, "acc": ev.scores.accuracy, "clusters_used": metrics["clusters_used"], **extra_metrics,
          **{f"iou_{c}": v for c, v in zip(spec.class_names, ev.scores.per_class_iou) if np.isfinite(v)}},
         artifacts=[figure, out / "metrics.json", out / "confusion.csv"],
     )
@@ -222,15 +296,17 @@ def collect_results(cfg: Config) -> Path:
 
     base = Path(cfg.run.runs_dir)
     rows = []
-    for path in sorted(base.rglob("seed*/metrics.json")):
+    for path in sorted(base.rglob("metrics.json")):
         row = {**json.loads(path.read_text()), "run": str(path.parent.relative_to(base))}
-        trained = path.parent / "train_summary.json"  # ACSeg runs: training speed and final loss
+        folder = path.parent.parent if path.parent.name == "crf" else path.parent
+        trained = folder / "train_summary.json"  # trained methods: training speed and final loss
         if trained.is_file():
             row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss")})
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
-    extra = [c for c in ("run", "concepts_per_image_mean", "steps_per_second", "final_loss") if c in pd.DataFrame(rows)]
+    extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss")
+             if c in pd.DataFrame(rows)]
     df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])
     df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4})
     out = Path(cfg.run.results_csv)

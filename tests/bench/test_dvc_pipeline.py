@@ -33,11 +33,25 @@ def test_feature_cache_path_in_dvc_yaml_matches_python():
         assert interpolate(template, params, split) == str(cache_dir(cfg, split))
 
 
+def test_knn_table_path_in_dvc_yaml_matches_python():
+    from bench.stego import knn_path
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = load_config(ROOT / "params.yaml", environment={})
+    (template,) = [next(iter(o)) for o in stages["stego-knn"]["outs"]]
+    assert interpolate(template, params, "") == str(knn_path(cfg, cfg.data.train_split))
+    assert stages["stego"]["do"]["deps"][0] == template
+
+
 def test_every_stage_calls_the_cli_and_declares_metrics():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"fetch", "features", "train", "evaluate", "diagnose", "kmeans", "results"}
+    assert set(stages) == {"fetch", "features", "train", "evaluate", "diagnose", "kmeans", "stego-knn", "stego",
+                           "crf", "results"}
     for name, stage in stages.items():
         cmd = stage.get("do", stage)["cmd"]
         assert cmd.startswith("acseg-bench "), name
     assert "metrics" in stages["evaluate"]["do"] and "metrics" in stages["results"]
+    assert "metrics" in stages["stego"]["do"] and "metrics" in stages["crf"]
+    assert "--crf" in stages["crf"]["cmd"] and set(stages["crf"]["matrix"]["method"]) == {"acseg", "kmeans", "stego"}
     assert (ROOT / ".dvc" / "config").read_text().count("analytics = false") == 1

@@ -34,6 +34,8 @@ def workdir(tmp_path, monkeypatch, mini_camvid):
     params["train"].update(steps=6, batch_size=2, warmup_steps=1, log_every=2, pixel_samples=64)
     params["classifier"].update(n_classes=4)
     params["kmeans"].update(k=4, max_points=5000)
+    params["stego"].update(knn=3, knn_draw=2, steps=4, batch_size=4, feature_samples=3, neg_samples=2, log_every=2,
+                           knn_dir=str(tmp_path / "knn"))
     params["run"].update(seeds=[0], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -128,3 +130,34 @@ def test_each_results_file_gets_its_own_summary(workdir):
     invoke("results")
     invoke("results", "--set", "run.results_csv=reports/other.csv")
     assert (workdir / "reports/results_summary.json").is_file() and (workdir / "reports/other_summary.json").is_file()
+
+
+def test_stego_and_crf_rows_through_the_cli(workdir):
+    invoke("fetch")
+    invoke("features", "--quiet")
+    assert "top3" in invoke("baseline", "stego-knn")
+    assert "stego seed 0: mIoU" in invoke("baseline", "stego", "--quiet")
+    assert "stego + CRF seed 0: mIoU" in invoke("baseline", "stego", "--crf", "--quiet")
+    assert "kmeans + CRF seed 0: mIoU" in invoke("baseline", "kmeans", "--crf", "--quiet")
+    invoke("train", "--quiet")
+    assert "acseg + CRF seed 0: mIoU" in invoke("evaluate", "--method", "acseg", "--crf", "--quiet")
+    invoke("results")
+    df = pd.read_csv(workdir / "reports/results.csv")
+    rows = set(zip(df.method, df.crf))
+    assert rows == {("stego", False), ("stego", True), ("kmeans", True), ("acseg", True)}
+    assert df.miou.between(0, 100).all()
+    crf = json.loads((workdir / "runs/stego/seed0/crf/metrics.json").read_text())
+    assert crf["crf"] is True and crf["method"] == "stego"
+    stego = df[(df.method == "stego") & ~df.crf].iloc[0]
+    assert stego.steps_per_second > 0  # training speed travels with the row
+
+
+def test_stego_needs_a_trained_model_for_crf_and_enough_images_for_knn(workdir):
+    invoke("fetch")
+    invoke("features", "--quiet")
+    result = runner.invoke(app, ["evaluate", "--method", "stego", "--crf", "--quiet"])
+    assert result.exit_code == 2 and "no trained STEGO model" in result.output
+    result = runner.invoke(app, ["baseline", "stego-knn", "--set", "stego.knn=30", "--set", "stego.knn_draw=7"])
+    assert result.exit_code == 2 and "k=30 neighbours need more than 30 images" in result.output
+    result = runner.invoke(app, ["evaluate", "--method", "nope"])
+    assert result.exit_code == 2 and "unknown method 'nope'" in result.output
