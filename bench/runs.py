@@ -39,7 +39,7 @@ def n_clusters(cfg: Config, method: str) -> int:
 def run_fetch(cfg: Config) -> dict:
     spec = get_spec(cfg.data.dataset)
     root, splits = fetch(spec, cfg.data.local_copy, cfg.data.download_dir)
-    record = fetch_record(spec, splits)
+    record = fetch_record(spec, splits, root)
     for split in {cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}:
         if split not in splits:
             from bench.data import DatasetError
