@@ -73,9 +73,11 @@ def run_subprocess(argv: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "bench.cli", *argv], check=False).returncode
 
 
-def run_pipeline(commands: list[StageCommand], run: Callable[[list[str]], int] = run_subprocess,
+def run_pipeline(commands: list[StageCommand], run: Callable[[list[str]], int] | None = None,
                  echo: Callable[[str], None] = print) -> None:
-    """Run the stages in order; the first failure stops the pipeline, naming the stage and its command."""
+    """Run the stages in order (by default each in its own process); the first failure stops the pipeline,
+    naming the stage and its command."""
+    run = run or run_subprocess
     for c in commands:
         echo(f"[{c.stage}] acseg-bench {shlex.join(c.argv)}")
         code = run(c.argv)
