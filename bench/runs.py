@@ -44,8 +44,13 @@ def run_fetch(cfg: Config) -> dict:
         if split not in splits:
             from bench.data import DatasetError
 
+            try:
+                spec.samples(root, split)  # raises saying what is missing (a folder, a split list)
+                reason = ""
+            except DatasetError as e:
+                reason = f": {e}"
             raise DatasetError(f"{spec.title}: the params use split {split!r}, which is absent at {root} "
-                               f"(present: {sorted(splits)}). To get it: {spec.how_to_get}")
+                               f"(present: {sorted(splits)}){reason or f'. To get it: {spec.how_to_get}'}")
     write_json_atomic(cfg.data.manifest_out, record)
     log.info("verified %s at %s: %s (absent: %s)", spec.title, root, splits, record["splits_absent"])
     return record

@@ -145,3 +145,17 @@ def test_neither_layout_nor_archive_names_both(tmp_path):
     with pytest.raises(DatasetError, match=r"neither the extracted layout \(JPEGImages/.*nor the archives "
                                            r"VOCtrainval_11-May-2012\.tar\. To get it"):
         fetch(get_spec("voc2012"), str(tmp_path / "empty"), str(tmp_path / "raw"))
+
+
+def test_fetch_stage_names_the_missing_split_list(voc, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    (voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").unlink()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["fetch", "-s", "data.dataset=voc2012",
+                                      "-s", f"data.local_copy={voc}"])
+    assert result.exit_code == 2
+    assert "the params use split 'val', which is absent" in result.output
+    assert "ImageSets/Segmentation/val.txt is missing. To get it" in " ".join(result.output.split())
