@@ -102,7 +102,9 @@ def _evaluate(method: str, seed, params, preset, set_, device, quiet):
     cfg = _config(params, preset, set_, device)
     for s in [seed] if seed is not None else cfg.run.seeds:
         m = _guard(run_evaluate, cfg, method, s, progress=not quiet)
-        typer.echo(f"{method} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  ({m['dataset_title']} {m['split']})")
+        typer.echo(f"{method} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  ({m['dataset_title']} {m['split']})"
+                   + (f"; over-clustering K'={m['overcluster_k']} (majority matching, a separate metric): mIoU "
+                      f"{m['miou_overcluster']:.2f}" if "miou_overcluster" in m else ""))
 
 
 @app.command()
