@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ def check_archive(path: Path, archive: Archive) -> None:
         )
 
 
+DOWNLOAD_TIMEOUT = 120  # seconds without data before a download is given up
+
+
 def download_archive(archive: Archive, dest_dir: Path, how_to_get: str) -> Path:
     """Download to a temporary name, check size and checksum, then rename: the final name is always complete."""
     final = Path(dest_dir) / archive.filename
@@ -155,9 +159,14 @@ def download_archive(archive: Archive, dest_dir: Path, how_to_get: str) -> Path:
     part = final.with_name(f".{archive.filename}.part")
     log.info("downloading %s (%s) from %s", archive.filename, archive.size or "size unknown", archive.url)
     try:
-        with urllib.request.urlopen(archive.url) as response, open(part, "wb") as out:  # noqa: S310 (official URLs)
+        # a stalled connection fails after `timeout` seconds without data instead of hanging the pipeline
+        with urllib.request.urlopen(archive.url, timeout=DOWNLOAD_TIMEOUT) as response, open(part, "wb") as out:  # noqa: S310
             expected = response.headers.get("Content-Length")
-            shutil.copyfileobj(response, out, length=1 << 22)
+            with tqdm(total=int(expected) if expected else None, unit="B", unit_scale=True, desc=archive.filename,
+                      disable=None) as bar:
+                while block := response.read(1 << 22):
+                    out.write(block)
+                    bar.update(len(block))
         got = part.stat().st_size
         if expected is not None and got != int(expected):
             raise DatasetError(f"the download of {archive.filename} from {archive.url} is truncated: {got} of "
