@@ -297,7 +297,7 @@ class ArchiveDataset(DatasetSpec):
             raise DatasetError(f"{self.title} cannot be downloaded without a login. {self.how_to_get}")
         archives = {a.filename: download_archive(a, Path(download_dir) / "archives", self.how_to_get)
                     for a in self.archives}
-        return self.unpack(archives, unpacked)
+        return self.unpack(archives, unpacked, checked=set(archives))
 
     def locate(self, local_copy: str | None, download_dir: str) -> Path:
         if local_copy:
@@ -311,14 +311,16 @@ class ArchiveDataset(DatasetSpec):
         raise DatasetError(f"{self.title} not found at {where}: run `acseg-bench fetch` first. To get it: "
                            f"{self.how_to_get}")
 
-    def unpack(self, archives: dict[str, Path], target: Path) -> Path:
-        """Check and unpack the archives (in order) into a temporary folder, verify it, rename it to target."""
+    def unpack(self, archives: dict[str, Path], target: Path, checked: set[str] = frozenset()) -> Path:
+        """Check and unpack the archives (in order) into a temporary folder, verify it, rename it to target.
+        ``checked``: archives whose checksum was just verified (by their download)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-unpacking-"))
         try:
             for archive in self.archives:
                 path = archives[archive.filename]
-                check_archive(path, archive)
+                if archive.filename not in checked:
+                    check_archive(path, archive)
                 n = extract_members(path, tmp, self.selector(archive, tmp))
                 log.info("unpacked %d files from %s", n, path.name)
             self.verify(tmp)
