@@ -3,6 +3,10 @@
 Each concept region is represented by the mean of its pixel features (the region-mean variant); k-means over
 the regions of a whole split gives K class centroids; every concept then takes the class of its nearest
 centroid and every pixel the class of its concept.
+
+For datasets with a background class (VOC), the paper splits background off first: per image, the backbone's
+last-layer [CLS] attention is summed inside each concept, a 2-means on those scores separates the concepts, and
+the low cluster is background (:func:`background_concepts`). The other concepts are classified as above.
 """
 
 from __future__ import annotations
@@ -51,3 +55,49 @@ def classify_concepts(embeddings: torch.Tensor, centroids: torch.Tensor, cosine:
     else:
         scores = -torch.cdist(flat, centroids)
     return scores.argmax(-1).reshape(embeddings.shape[:-1])
+
+
+def concept_attention(cls_attention: torch.Tensor, assignment: torch.Tensor, n_prototypes: int) -> torch.Tensor:
+    """Sum of the last-layer [CLS] attention inside each concept's region, averaged over heads.
+
+    cls_attention [B, heads, h, w] (or [B, heads, n]), assignment [B, n] (hard concept ids) -> [B, k]. A concept
+    that wins no patch scores 0. Each head's attention sums to 1 over the patches, so the scores of an image's
+    concepts sum to 1: the share of the [CLS] token's attention that each concept receives.
+    """
+    attention = cls_attention.float().flatten(2).mean(1)  # [B, n]
+    one_hot = F.one_hot(assignment, n_prototypes).to(attention.dtype)  # [B, n, k]
+    return (attention.unsqueeze(-1) * one_hot).sum(1)
+
+
+def two_means_low(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per row, the exact 2-means of the valid scores (1-D: the best split of the sorted values, by the sum of
+    squared distances to the two cluster means); True for the valid entries of the low cluster.
+
+    scores, valid [B, k] -> bool [B, k]. Rows with fewer than two valid scores, or with all valid scores equal,
+    have no low cluster (all False).
+    """
+    b, k = scores.shape
+    x = scores.float().masked_fill(~valid, float("inf"))
+    order = x.argsort(-1)
+    sorted_x = torch.gather(x, 1, order).masked_fill(~torch.gather(valid, 1, order), 0.0)
+    m = valid.sum(-1)  # [B] valid scores per row, the first m of sorted_x
+    s1, s2 = sorted_x.cumsum(-1), (sorted_x * sorted_x).cumsum(-1)
+    j = torch.arange(1, k + 1, device=scores.device).expand(b, k).float()  # size of the low cluster
+    total1, total2 = torch.gather(s1, 1, (m - 1).clamp_min(0)[:, None]), torch.gather(s2, 1, (m - 1).clamp_min(0)[:, None])
+    rest = (m[:, None] - j).clamp_min(1)
+    sse = (s2 - s1 * s1 / j) + ((total2 - s2) - (total1 - s1) ** 2 / rest)
+    sse = sse.masked_fill(j >= m[:, None], float("inf"))  # both clusters non-empty
+    split = sse.argmin(-1)  # the low cluster is sorted positions 0..split
+    spread = torch.where(valid, scores.float(), -float("inf")).amax(-1) - x.amin(-1)
+    has_split = (m >= 2) & (spread > 0)
+    low_sorted = torch.arange(k, device=scores.device)[None] <= split[:, None]
+    low = torch.zeros_like(valid).scatter(1, order, low_sorted)
+    return low & valid & has_split[:, None]
+
+
+def background_concepts(cls_attention: torch.Tensor, assignment: torch.Tensor, n_prototypes: int) -> torch.Tensor:
+    """ACSeg's background split: per image, the concepts whose summed [CLS] attention falls in the low cluster of
+    a 2-means over the image's concepts. -> bool [B, k] (concepts that win no patch are never background)."""
+    scores = concept_attention(cls_attention, assignment, n_prototypes)
+    present = F.one_hot(assignment, n_prototypes).sum(1) > 0
+    return two_means_low(scores, present)

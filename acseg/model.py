@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acseg.assignment import cosine_assignment, hard_assignment
-from acseg.classifier import classify_concepts, region_embeddings
+from acseg.classifier import background_concepts, classify_concepts, region_embeddings
 from acseg.concept_generator import ConceptGenerator
 
 
@@ -29,16 +29,21 @@ class Segmentation:
 
 
 class ACSeg(nn.Module):
-    """The trained pieces: feature centring, the concept generator, and the classifier's class centroids."""
+    """The trained pieces: feature centring, the concept generator, and the classifier's class centroids.
+
+    ``background=True`` (VOC): class ``n_classes - 1`` is background, given to the concepts of the low cluster of
+    the per-image [CLS]-attention 2-means; the ``n_classes - 1`` centroids classify the other concepts.
+    """
 
     def __init__(self, generator: ConceptGenerator, feature_mean: torch.Tensor, n_classes: int, cosine: bool = True,
-                 raw_regions: bool = False):
+                 raw_regions: bool = False, background: bool = False):
         super().__init__()
         self.generator = generator
         self.register_buffer("feature_mean", feature_mean.float())
-        self.register_buffer("class_centroids", torch.zeros(n_classes, feature_mean.shape[-1]))
+        self.register_buffer("class_centroids", torch.zeros(n_classes - int(background), feature_mean.shape[-1]))
         self.cosine = cosine
         self.raw_regions = raw_regions  # region means of the raw features instead of the centred ones
+        self.background = background
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:
         """[B, h, w, d] cached features -> [B, n, d] float, centred."""
@@ -58,11 +63,18 @@ class ACSeg(nn.Module):
         emb, counts = region_embeddings(x, hard_assignment(s), self.generator.n_prototypes)
         return emb, counts, s
 
-    def forward(self, features: torch.Tensor, out_size: tuple[int, int]) -> Segmentation:
+    def forward(self, features: torch.Tensor, out_size: tuple[int, int],
+                cls_attention: torch.Tensor | None = None) -> Segmentation:
+        """features [B, h, w, d]; cls_attention [B, heads, h, w] (needed with the background split)."""
         b, h, w, _ = features.shape
         emb, counts, s = self.regions(features)
         present = counts > 0
         concept_classes = classify_concepts(emb, self.class_centroids, self.cosine).masked_fill(~present, -1)
+        if self.background:
+            if cls_attention is None:
+                raise ValueError("the background split needs the [CLS] attention of the images")
+            is_background = background_concepts(cls_attention, hard_assignment(s), self.generator.n_prototypes)
+            concept_classes = concept_classes.masked_fill(is_background, self.class_centroids.shape[0])
         # Upsample the cosine maps of the concepts in use; concepts that win no patch cannot win a pixel.
         maps = s.transpose(1, 2).reshape(b, -1, h, w).masked_fill(~present[:, :, None, None], -2.0)
         maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)

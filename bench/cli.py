@@ -107,7 +107,9 @@ def _evaluate(method: str, seed, params, preset, set_, device, quiet, crf: bool 
             typer.echo(f"{method} seed {s}: trained -> {_guard(run_train_stego, cfg, s, progress=not quiet)}")
         m = _guard(run_evaluate, cfg, method, s, progress=not quiet, crf=crf)
         typer.echo(f"{method}{' + CRF' if crf else ''} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  "
-                   f"({m['dataset_title']} {m['split']})")
+                   f"({m['dataset_title']} {m['split']})"
+                   + (f"; over-clustering K'={m['overcluster_k']} (majority matching, a separate metric): mIoU "
+                      f"{m['miou_overcluster']:.2f}" if "miou_overcluster" in m else ""))
 
 
 @app.command()
@@ -174,6 +176,47 @@ def results(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, s
 
     cfg = _config(params, preset, set_)
     typer.echo(str(_guard(collect_results, cfg)))
+
+
+@app.command()
+def repro(
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None,
+    dvc_yaml: Annotated[Path, typer.Option("--dvc-yaml", help="The pipeline whose stages are run.")] = Path("dvc.yaml"),
+    dry: Annotated[bool, typer.Option("--dry", help="Print the stage commands only.")] = False,
+):
+    """Run every stage of dvc.yaml, in order, with these params (e.g. --params params/paper_voc2012.yaml).
+
+    `dvc repro` reads params.yaml only; this runs the same stages for any params file, preset and overrides.
+    """
+    import shlex
+
+    from bench.pipeline import run_pipeline, stage_commands
+
+    cfg = _config(params, preset, set_)
+    extra = ["--params", str(params)] + (["--preset", preset] if preset else [])
+    for s in set_ or []:
+        extra += ["--set", s]
+    commands = _guard(stage_commands, dvc_yaml, cfg, extra)
+    if dry:
+        for c in commands:
+            typer.echo(f"[{c.stage}] acseg-bench {shlex.join(c.argv)}")
+        return
+    try:
+        run_pipeline(commands, echo=typer.echo)
+    except RuntimeError as e:
+        _fail(str(e))
+    typer.echo(f"done: results in {cfg.run.results_csv}, runs in {cfg.run.runs_dir}/")
+
+
+@app.command()
+def datasets():
+    """The registered datasets: name, classes, where a local copy may be named, how to get each."""
+    from bench.datasets import DATASETS
+
+    for spec in DATASETS.values():
+        typer.echo(f"{spec.name}: {spec.title}, {spec.n_classes} classes, void {spec.ignore_index}, splits "
+                   f"{list(spec.splits)}; local copy: data.local_copy" + (f" or ${spec.env_var}" if spec.env_var else ""))
+        typer.echo(f"    to get it: {spec.how_to_get}")
 
 
 @app.command()

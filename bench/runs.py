@@ -44,13 +44,18 @@ def eval_dir(cfg: Config, method: str, seed: int, crf: bool) -> Path:
 def run_fetch(cfg: Config) -> dict:
     spec = get_spec(cfg.data.dataset)
     root, splits = fetch(spec, cfg.data.local_copy, cfg.data.download_dir)
-    record = fetch_record(spec, splits)
+    record = fetch_record(spec, splits, root)
     for split in {cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}:
         if split not in splits:
             from bench.data import DatasetError
 
+            try:
+                spec.samples(root, split)  # raises saying what is missing (a folder, a split list)
+                reason = ""
+            except DatasetError as e:
+                reason = f": {e}"
             raise DatasetError(f"{spec.title}: the params use split {split!r}, which is absent at {root} "
-                               f"(present: {sorted(splits)}). To get it: {spec.how_to_get}")
+                               f"(present: {sorted(splits)}){reason or f'. To get it: {spec.how_to_get}'}")
     write_json_atomic(cfg.data.manifest_out, record)
     log.info("verified %s at %s: %s (absent: %s)", spec.title, root, splits, record["splits_absent"])
     return record
@@ -88,13 +93,17 @@ def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
     device = resolve_device(cfg.run.device)
     train = load_features(cfg, cfg.data.train_split)
     k = n_clusters(cfg, "acseg")
-    model, history, n_regions = train_acseg(cfg, seed, train, k, device, progress=progress,
-                                            cluster=load_features(cfg, cfg.data.cluster_split)
-                                            if cfg.data.cluster_split != cfg.data.train_split else None)
+    cluster = load_features(cfg, cfg.data.cluster_split) if cfg.data.cluster_split != cfg.data.train_split else None
+    model, history, n_regions = train_acseg(cfg, seed, train, k, device, progress=progress, cluster=cluster)
+    extra = {"feature_dim": train.features.shape[-1], "n_classes": k, "weights_sha256": train.meta["weights_sha256"]}
+    if cfg.classifier.overcluster_k:  # a second classifier with K' > classes, for the over-clustering metric only
+        from bench.train import classifier_centroids
+
+        centroids, _ = classifier_centroids(cfg, model, cluster or train, cfg.classifier.overcluster_k, seed, device)
+        extra["overcluster_centroids"] = centroids.cpu()
     out = run_dir(cfg, "acseg", seed)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(out / "model.pt", cfg, model, {"feature_dim": train.features.shape[-1], "n_classes": k,
-                                              "weights_sha256": train.meta["weights_sha256"]})
+    save_model(out / "model.pt", cfg, model, extra)
     lines = ["step,loss,lr"] + [f"{s},{l:.6f},{r:.3e}" for s, l, r in zip(history.steps, history.loss, history.lr)]
     (out / "train_log.csv").write_text("\n".join(lines) + "\n")
     summary = {"final_loss": history.loss[-1], "steps_per_second": history.steps_per_second,
@@ -165,6 +174,11 @@ def load_stego(cfg: Config, seed: int, device: torch.device):
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
+def _concept_prediction(seg):
+    """ACSeg's segments are its concepts, each carrying its class."""
+    return seg.concept_scores, seg.concept_classes
+
+
 def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
     """(predict(features, size) -> Prediction, weights sha256, extra metrics)."""
     from bench.evaluate import Prediction
@@ -173,10 +187,10 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
         model, saved = load_model(cfg, seed, device)
         counts: list[torch.Tensor] = []
 
-        def predict(features, size):
-            seg = model(features, size)
+        def predict(features, size, cls_attention):
+            seg = model(features, size, cls_attention)
             counts.append(seg.n_concepts.cpu())
-            return Prediction(seg.concept_scores, seg.concept_classes)
+            return Prediction(*_concept_prediction(seg))
 
         def extra():
             c = torch.cat(counts).float()
@@ -189,11 +203,38 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
 
         fit = load_features(cfg, cfg.data.cluster_split)
         model = fit_kmeans_baseline(cfg, fit, n_clusters(cfg, "kmeans"), seed).to(device)
-        return (lambda f, s: Prediction(model(f, s))), fit.meta["weights_sha256"], lambda: ({}, None)
+        return (lambda f, s, a: Prediction(model(f, s))), fit.meta["weights_sha256"], lambda: ({}, None)
     if method == "stego":
         model, saved = load_stego(cfg, seed, device)
-        return (lambda f, s: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
+        return (lambda f, s, a: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def overcluster_k(cfg: Config, method: str) -> int:
+    return cfg.classifier.overcluster_k if method == "acseg" else cfg.kmeans.overcluster_k
+
+
+def build_overcluster_predictor(cfg: Config, method: str, seed: int, device: torch.device):
+    """predict() of the same method with K' > classes clusters (the over-clustering metric's clustering)."""
+    from bench.evaluate import Prediction
+
+    k = overcluster_k(cfg, method)
+    if method == "acseg":
+        from bench.train import build_model
+
+        _, saved = load_model(cfg, seed, device)
+        if "overcluster_centroids" not in saved or saved["overcluster_centroids"].shape[0] != k - int(
+                cfg.classifier.background == "cls_attention"):
+            raise FileNotFoundError(f"the model in {run_dir(cfg, method, seed)} has no over-clustering classifier "
+                                    f"with K'={k}: run `acseg-bench train --seed {seed}` with classifier.overcluster_k={k}")
+        model = build_model(cfg, saved["feature_dim"], torch.zeros(saved["feature_dim"]), k)
+        model.load_state_dict({**saved["state_dict"], "class_centroids": saved["overcluster_centroids"]})
+        model = model.to(device).eval()
+        return lambda f, s, a: Prediction(*_concept_prediction(model(f, s, a)))
+    from bench.baselines import fit_kmeans_baseline
+
+    fitted = fit_kmeans_baseline(cfg, load_features(cfg, cfg.data.cluster_split), k, seed).to(device)
+    return lambda f, s, a: Prediction(fitted(f, s))
 
 
 def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qualitative: int = 4,
@@ -223,12 +264,27 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
     c = cfg.crf
     crf_params = CRFParams(c.iterations, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb,
                            c.bilateral_compat) if crf else None
-    ev = evaluate(predict, feats, spec, root / spec.splits[split][1], n_clusters(cfg, method), device,
-                  progress=progress, on_batch=keep_first, crf=crf_params, image_dir=root / spec.splits[split][0],
+    ev = evaluate(predict, feats, spec, dataset.read_label, n_clusters(cfg, method), device,
+                  progress=progress, on_batch=keep_first, crf=crf_params, read_image=dataset.read_image,
                   crf_alpha=c.alpha)
     extra_metrics, concept_counts = extra()
+    overcluster = {}
+    if overcluster_k(cfg, method) and not crf:  # a separate metric: K' > classes, majority (many-to-one) matching
+        from acseg.metrics import overclustering_miou
+
+        k = overcluster_k(cfg, method)
+        oc = evaluate(build_overcluster_predictor(cfg, method, seed, device), feats, spec, dataset.read_label, k,
+                      device, progress=progress)
+        scores = overclustering_miou(oc.confusion)
+        overcluster = {"overcluster_k": k, "miou_overcluster": scores.miou, "acc_overcluster": scores.accuracy,
+                       "overcluster": {"k": k, "matching": "majority (many-to-one)", "miou": scores.miou,
+                                       "acc": scores.accuracy,
+                                       "per_class_iou": dict(zip(spec.class_names, scores.per_class_iou)),
+                                       "mapping": scores.mapping}}
     out = eval_dir(cfg, method, seed, crf)
     out.mkdir(parents=True, exist_ok=True)
+    if overcluster:
+        np.savetxt(out / "confusion_overcluster.csv", oc.confusion, fmt="%d", delimiter=",")
     mapping = np.array(ev.scores.mapping)
     rows = [(name, dataset[dataset.names.index(name)][0].permute(1, 2, 0).numpy(), lab.numpy(),
              np.where(c.numpy() >= 0, mapping[c.numpy().clip(0)], -1)) for name, c, lab in kept]
@@ -247,13 +303,14 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
         "n_clusters": n_clusters(cfg, method), "clusters_used": int((ev.confusion.sum(1) > 0).sum()),
         "miou": ev.scores.miou, "acc": ev.scores.accuracy,
         "per_class_iou": dict(zip(spec.class_names, ev.scores.per_class_iou)),
-        "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **extra_metrics,
+        "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **extra_metrics, **overcluster,
     }
     write_json_atomic(out / "metrics.json", metrics)
     tracking.log_run(
         cfg, f"evaluate-{method}{'-crf' if crf else ''}-seed{seed}",
         {**tracking.standard_tags(cfg, split, seed, sha, method), "crf": str(crf).lower()},
         {"miou": ev.scores.miou, "acc": ev.scores.accuracy, "clusters_used": metrics["clusters_used"], **extra_metrics,
+         **{k: v for k, v in overcluster.items() if k in ("miou_overcluster", "acc_overcluster")},
          **{f"iou_{c}": v for c, v in zip(spec.class_names, ev.scores.per_class_iou) if np.isfinite(v)}},
         artifacts=[figure, out / "metrics.json", out / "confusion.csv"],
     )
@@ -268,7 +325,7 @@ def tracking_label(cfg: Config) -> str:
 
 def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
     """Learned concepts vs per-image k-means on the evaluation split (see bench/diagnose.py)."""
-    from bench.data import load_label
+    from bench.data import SegmentationSplit
     from bench.diagnose import diagnose
 
     spec = get_spec(cfg.data.dataset)
@@ -276,7 +333,7 @@ def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
     split = cfg.data.eval_split
     model, _ = load_model(cfg, seed, device)
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
-    report = diagnose(model, load_features(cfg, split), spec, root / spec.splits[split][1], load_label, device,
+    report = diagnose(model, load_features(cfg, split), spec, SegmentationSplit(spec, root, split).read_label, device,
                       seed=seed, progress=progress)
     report.update(split=split, seed=seed)
     write_json_atomic(run_dir(cfg, "acseg", seed) / "diagnostics.json", report)
@@ -287,6 +344,8 @@ def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
 
 RESULT_COLUMNS = ["dataset", "split", "method", "backbone", "weights", "resolution", "feature_type",
                   "cluster_split", "crf", "seed", "miou", "acc", "config_hash"]
+# The over-clustering metric (K' > classes, majority matching) has its own columns, never the main mIoU's.
+OVERCLUSTER_COLUMNS = ("overcluster_k", "miou_overcluster", "acc_overcluster")
 
 
 def collect_results(cfg: Config) -> Path:
@@ -306,16 +365,20 @@ def collect_results(cfg: Config) -> Path:
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
     extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss")
+             + OVERCLUSTER_COLUMNS
              if c in pd.DataFrame(rows)]
     df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])
-    df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4})
+    df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4,
+                   "miou_overcluster": 2, "acc_overcluster": 2})
     out = Path(cfg.run.results_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(out)
+    overclustered = {f"{c}_{f}": (c, f) for c in ("miou_overcluster", "acc_overcluster") if c in df
+                     for f in ("mean", "std")}
     summary = (df.groupby(["dataset", "split", "method", "backbone", "crf"])
                .agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), acc_mean=("acc", "mean"),
-                    acc_std=("acc", "std"), seeds=("seed", "count")).round(2).reset_index())
+                    acc_std=("acc", "std"), seeds=("seed", "count"), **overclustered).round(2).reset_index())
     write_json_atomic(out.with_name(f"{out.stem}_summary.json"), {"rows": summary.to_dict(orient="records")})
     return out

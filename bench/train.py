@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from acseg.assignment import cosine_assignment
-from acseg.classifier import fit_concept_classifier
+from acseg.assignment import cosine_assignment, hard_assignment
+from acseg.classifier import background_concepts, fit_concept_classifier
 from acseg.concept_generator import ConceptGenerator
 from acseg.losses import concept_loss
 from acseg.model import ACSeg
@@ -45,7 +45,7 @@ def build_model(cfg: Config, feature_dim: int, feature_mean: torch.Tensor, n_cla
     a = cfg.acseg
     generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention)
     return ACSeg(generator, feature_mean, n_classes, cosine=cfg.classifier.cosine,
-                 raw_regions=cfg.classifier.raw_regions)
+                 raw_regions=cfg.classifier.raw_regions, background=cfg.classifier.background == "cls_attention")
 
 
 def feature_mean(features: torch.Tensor, centre: bool) -> torch.Tensor:
@@ -109,29 +109,47 @@ def _loss_kwargs(cfg: Config) -> dict:
 
 
 @torch.no_grad()
-def collect_regions(model: ACSeg, feats: torch.Tensor, device: torch.device, batch_size: int = 16):
-    """Region embeddings [M, d] and pixel counts [M] of every concept that wins a patch, over a whole split."""
+def collect_regions(model: ACSeg, feats: torch.Tensor, device: torch.device, batch_size: int = 16,
+                    cls_attention: torch.Tensor | None = None):
+    """Region embeddings [M, d] and pixel counts [M] of every concept that wins a patch, over a whole split.
+
+    With ``cls_attention`` [N, heads, h, w] (the background split), background concepts are left out."""
     model.eval()
     embeddings, sizes = [], []
-    for part in feats.split(batch_size):
-        emb, counts, _ = model.regions(part.to(device))
-        embeddings.append(emb[counts > 0].cpu())
-        sizes.append(counts[counts > 0].cpu())
+    for start in range(0, feats.shape[0], batch_size):
+        part = feats[start : start + batch_size].to(device)
+        emb, counts, s = model.regions(part)
+        keep = counts > 0
+        if cls_attention is not None:
+            attention = cls_attention[start : start + batch_size].to(device)
+            keep &= ~background_concepts(attention, hard_assignment(s), model.generator.n_prototypes)
+        embeddings.append(emb[keep].cpu())
+        sizes.append(counts[keep].cpu())
     return torch.cat(embeddings), torch.cat(sizes)
+
+
+def classifier_centroids(cfg: Config, model: ACSeg, feats: CachedFeatures, n_classes: int, seed: int,
+                         device: torch.device) -> tuple[torch.Tensor, int]:
+    """k-means over a split's concept regions into K classes (K-1 and background with the background split):
+    (centroids, number of regions)."""
+    attention = feats.cls_attention if model.background else None
+    regions, sizes = collect_regions(model, feats.features, device, cls_attention=attention)
+    k = n_classes - int(model.background)
+    if regions.shape[0] < k:
+        raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the training split, fewer than "
+                               f"K={k} classes: the concepts collapsed")
+    c = cfg.classifier
+    result = fit_concept_classifier(regions, k, seed=seed, cosine=c.cosine, iters=c.iters, n_init=c.n_init,
+                                    weights=sizes if c.weighted else None)
+    return result.centroids, regions.shape[0]
 
 
 def fit_classifier(cfg: Config, model: ACSeg, train: CachedFeatures, n_classes: int, seed: int,
                    device: torch.device) -> int:
     """k-means over the training split's concept regions into K classes; returns the number of regions."""
-    regions, sizes = collect_regions(model, train.features, device)
-    if regions.shape[0] < n_classes:
-        raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the training split, fewer than "
-                               f"K={n_classes} classes: the concepts collapsed")
-    c = cfg.classifier
-    result = fit_concept_classifier(regions, n_classes, seed=seed, cosine=c.cosine, iters=c.iters, n_init=c.n_init,
-                                    weights=sizes if c.weighted else None)
-    model.class_centroids.copy_(result.centroids.to(device))
-    return regions.shape[0]
+    centroids, n_regions = classifier_centroids(cfg, model, train, n_classes, seed, device)
+    model.class_centroids.copy_(centroids.to(device))
+    return n_regions
 
 
 def train_acseg(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, device: torch.device,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench import data as data_mod
-from bench.data import DatasetSpec
+from bench.data import ManifestDataset
 
 WEIGHTS_FILE = "dinov2_vits14_imgfocus.safetensors"
 WEIGHTS_SHA256 = "e51b70c0d254050b57cbbbfda9408b0c2b6800f6cca26d5237e7418c8e248de8"
@@ -25,7 +25,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def register_dataset(name: str, root: Path, splits: dict[str, list[str]], n_classes: int = 11) -> DatasetSpec:
+def register_dataset(name: str, root: Path, splits: dict[str, list[str]], n_classes: int = 11) -> ManifestDataset:
     """Write a manifest for the files under root and register a CamVid-like spec under `name`."""
     lines = []
     for split, names in splits.items():
@@ -33,7 +33,7 @@ def register_dataset(name: str, root: Path, splits: dict[str, list[str]], n_clas
             lines += [f"{_sha(root / folder / n)}  {folder}/{n}" for n in names]
     manifest = root.parent / f"{name}.sha256"
     manifest.write_text("\n".join(lines) + "\n")
-    spec = DatasetSpec(
+    spec = ManifestDataset(
         name=name, title=f"{name} (test)", class_names=tuple(f"c{i}" for i in range(n_classes)), ignore_index=11,
         splits={s: (s, s + "annot") for s in ("train", "val", "test")}, manifest=str(manifest),
         url="https://example.invalid/none.tar.gz", archive_subdir="x", how_to_get="(test data: made by the test)",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from acseg.classifier import classify_concepts, fit_concept_classifier, region_embeddings
@@ -35,3 +36,52 @@ def test_every_pixel_takes_the_class_of_its_concept():
         assert set(seg.concepts[b].unique().tolist()) <= set(used.tolist())  # unused concepts never win a pixel
         assert torch.equal(seg.classes[b], seg.concept_classes[b][seg.concepts[b]])
         assert seg.n_concepts[b] == len(used)
+
+
+def test_low_attention_concepts_are_background():
+    """The defining property: concepts that receive little of the [CLS] token's attention are background."""
+    from acseg.classifier import background_concepts, concept_attention
+
+    # one image, 4 x 4 patches, 4 concepts: concept 0 = top-left object (4 patches) holds most attention,
+    # concept 1 = a second object, concepts 2 and 3 = large low-attention regions; prototype 4 wins nothing
+    assignment = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [3, 3, 1, 1], [3, 3, 3, 1]]).reshape(1, 16)
+    weights = torch.tensor([0.12, 0.20, 0.005, 0.01])[assignment]  # attention per patch, by its concept
+    attention = (weights / weights.sum()).reshape(1, 1, 4, 4).repeat(1, 2, 1, 1)  # 2 heads
+    scores = concept_attention(attention, assignment, 5)
+    assert torch.allclose(scores.sum(), torch.tensor(1.0)) and scores[0, 4] == 0
+    assert background_concepts(attention, assignment, 5).tolist() == [[False, False, True, True, False]]
+
+
+def test_two_means_is_the_exact_one_dimensional_optimum():
+    from acseg.classifier import two_means_low
+
+    g = torch.Generator().manual_seed(0)
+    scores, valid = torch.rand(200, 6, generator=g), torch.rand(200, 6, generator=g) > 0.3
+    low = two_means_low(scores, valid)
+    for s, v, got in zip(scores, valid, low):
+        values = sorted(s[v].tolist())
+        if len(values) < 2:
+            assert not got.any()
+            continue
+        sse = [sum((x - sum(part) / len(part)) ** 2 for part in (values[:j], values[j:]) for x in part)
+               for j in range(1, len(values))]
+        threshold = values[min(range(len(sse)), key=sse.__getitem__)]
+        assert torch.equal(got, v & (s <= threshold))
+    assert not two_means_low(torch.full((1, 3), 0.2), torch.ones(1, 3, dtype=torch.bool)).any()  # no split of equals
+
+
+def test_background_concepts_take_the_background_class():
+    from acseg.classifier import background_concepts
+
+    torch.manual_seed(0)
+    model = ACSeg(ConceptGenerator(8, n_prototypes=4, depth=1, heads=2, mlp_width=16), torch.zeros(8), n_classes=3,
+                  background=True)
+    assert model.class_centroids.shape == (2, 8)  # K - 1 classes from k-means, the last id is background
+    model.class_centroids.copy_(torch.nn.functional.normalize(torch.randn(2, 8), dim=-1))
+    feats, attention = torch.randn(2, 4, 5, 8), torch.rand(2, 3, 4, 5).softmax(-1)
+    seg = model(feats, (8, 10), attention)
+    is_background = background_concepts(attention, seg.patch_concepts.flatten(1), 4)
+    assert is_background.any()
+    assert (seg.concept_classes[is_background] == 2).all() and (seg.concept_classes[~is_background] < 2).all()
+    with pytest.raises(ValueError, match="needs the \\[CLS\\] attention"):
+        model(feats, (8, 10))

@@ -50,3 +50,49 @@ def test_with_overrides_copies():
     cfg = load_config(PARAMS, overrides=["acseg.prototypes=3"], environment={})
     other = with_overrides(cfg, acseg__prototypes=20)
     assert other.acseg.prototypes == 20 and cfg.acseg.prototypes == 3
+
+
+@pytest.mark.parametrize("dataset,variable", [("camvid", "ACSEG_CAMVID_DIR"), ("voc2012", "ACSEG_VOC_DIR"),
+                                              ("cocostuff27", "ACSEG_COCOSTUFF_DIR"),
+                                              ("cityscapes27", "ACSEG_CITYSCAPES_DIR")])
+def test_each_dataset_reads_only_its_own_location_variable(dataset, variable):
+    env = {v: f"/data/{v}" for v in ("ACSEG_CAMVID_DIR", "ACSEG_VOC_DIR", "ACSEG_COCOSTUFF_DIR", "ACSEG_CITYSCAPES_DIR")}
+    cfg = load_config(PARAMS, overrides=[f"data.dataset={dataset}"], environment=env)
+    assert cfg.data.local_copy == f"/data/{variable}"
+    explicit = load_config(PARAMS, overrides=[f"data.dataset={dataset}", "data.local_copy=/mine"], environment=env)
+    assert explicit.data.local_copy == "/mine"  # the params win over the environment
+
+
+def test_options_added_later_leave_the_identity_of_earlier_configurations():
+    """classifier.background and the over-clustering options enter the config hash (and the config saved with a
+    model) only when set, so every result made before they existed keeps its identity."""
+    cfg = load_config(PARAMS, environment={})
+    assert "background" not in cfg.to_dict()["classifier"] and "overcluster_k" not in cfg.to_dict()["kmeans"]
+    assert cfg.flat()["classifier.background"] == "none"  # MLflow still logs every option
+    changed = load_config(PARAMS, overrides=["classifier.background=cls_attention"], environment={})
+    assert changed.to_dict()["classifier"]["background"] == "cls_attention" and changed.hash() != cfg.hash()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("classifier.background=saliency", r"classifier.background='saliency'.*must be one of"),
+    ("classifier.overcluster_k=11", r"classifier.overcluster_k=11: over-clustering needs more clusters than the 11"),
+    ("kmeans.overcluster_k=5", r"kmeans.overcluster_k=5: over-clustering needs more"),
+])
+def test_invalid_new_options_are_named(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(PARAMS, overrides=[override], environment={})
+
+
+def test_paper_params_files_load_and_use_the_paper_settings():
+    root = PARAMS.parent / "params"
+    files = sorted(root.glob("paper_*.yaml"))
+    assert [f.stem for f in files] == ["paper_cityscapes27", "paper_cocostuff27", "paper_voc2012"]
+    for f in files:
+        cfg = load_config(f, environment={})
+        assert cfg.backbone.name == "vit_small_patch8_224.dino" and cfg.data.dataset == f.stem[len("paper_"):]
+        for key, value in PRESETS["paper"].items():  # the paper's ACG, as --preset paper sets it
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == value, (f.name, key)
+        assert cfg.run.runs_dir != "runs" and cfg.run.results_csv != "reports/results.csv"  # never CamVid's outputs
+    voc = load_config(root / "paper_voc2012.yaml", environment={})
+    assert voc.classifier.background == "cls_attention"

@@ -55,3 +55,11 @@ def test_every_stage_calls_the_cli_and_declares_metrics():
     assert "metrics" in stages["stego"]["do"] and "metrics" in stages["crf"]
     assert "--crf" in stages["crf"]["cmd"] and set(stages["crf"]["matrix"]["method"]) == {"acseg", "kmeans", "stego"}
     assert (ROOT / ".dvc" / "config").read_text().count("analytics = false") == 1
+
+
+def test_stages_are_dataset_generic():
+    """No stage names a dataset's files: the params (data.dataset, data.manifest_out) say which."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "camvid" not in yaml.safe_dump(stages).lower()
+    assert stages["fetch"]["outs"] == [{"${data.manifest_out}": {"cache": False}}]
+    assert "${data.manifest_out}" in stages["features"]["do"]["deps"]

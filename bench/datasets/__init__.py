@@ -1,0 +1,37 @@
+"""The registry of named datasets (like timm's model names): ``data.dataset`` picks one.
+
+| name | dataset | classes | labels |
+| --- | --- | --- | --- |
+| ``camvid`` | CamVid-11, SegNet split | 11 | as stored, 11 = void |
+| ``voc2012`` | PASCAL VOC 2012 segmentation | 21 (background included) | palette indices, 255 = void |
+| ``cocostuff27`` | COCO-Stuff-27, IIC's curated lists | 27 | 182 fine ids -> 27 coarse, 255 = void |
+| ``cityscapes27`` | Cityscapes-27 (labelIds 7..33) | 27 | labelId - 7, others void (255) |
+
+Each module holds one dataset's source, layout, label mapping and verification. This package imports no torch,
+so the config can consult the registry cheaply.
+"""
+
+from __future__ import annotations
+
+from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent
+from bench.datasets.camvid import CAMVID
+from bench.datasets.cityscapes import CITYSCAPES27
+from bench.datasets.cocostuff import COCOSTUFF27
+from bench.datasets.voc import VOC2012
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (CAMVID, VOC2012, COCOSTUFF27, CITYSCAPES27)}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add (or replace) a dataset under its name."""
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {sorted(DATASETS)} (see `acseg-bench datasets`)")
+    return DATASETS[name]
+
+
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Sample", "SplitAbsent", "get_spec", "register_dataset"]

@@ -1,0 +1,384 @@
+"""What every dataset says about itself, and the machinery shared by datasets that come as official archives.
+
+A :class:`DatasetSpec` answers four questions, each in one method:
+
+- where it is: :meth:`~DatasetSpec.fetch` (download, or take a local copy) and :meth:`~DatasetSpec.locate`;
+- what a split holds: :meth:`~DatasetSpec.samples`, the split's (image, label) pairs;
+- what a label means: :meth:`~DatasetSpec.decode_label`, raw label values -> class ids, void = ``ignore_index``;
+- whether it is complete: :meth:`~DatasetSpec.verify`, which raises naming what is missing or altered.
+
+:class:`ArchiveDataset` is the common case of a dataset published as archives (VOC, COCO-Stuff, Cityscapes):
+archives are downloaded under a temporary name and renamed only once complete and verified (by their published
+checksum where there is one, and always by reading every member: zip CRC-32s, tar structure), then unpacked
+into a temporary folder that is renamed into place only once every file of every split list is there. So
+nothing half-downloaded or half-unpacked is ever used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(RuntimeError):
+    """Missing, incomplete, corrupt or unverifiable data; the message says what and how to get it."""
+
+
+class SplitAbsent(DatasetError):
+    """A split whose list (or folder) is not there at all: reported as absent, an error only if it is used."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # the image's id within its split (the name the feature cache and the reports use)
+    image: str  # path relative to the dataset root
+    label: str  # path relative to the dataset root
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    """A named dataset: its classes, void id, splits, and how to get, read and verify it."""
+
+    name: str
+    title: str  # how reports name it
+    class_names: tuple[str, ...]
+    ignore_index: int  # the void id of decoded labels
+    splits: Mapping[str, object]  # split name -> where the split comes from (dataset-specific)
+    how_to_get: str
+    env_var: str | None = None  # environment variable that may name a local copy (read only by bench.config)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    # Every dataset implements these.
+    def samples(self, root: Path, split: str) -> list[Sample]:
+        raise NotImplementedError
+
+    def verify(self, root: Path) -> dict[str, int]:
+        """{split: number of images} for every split present and complete; raises naming missing files."""
+        raise NotImplementedError
+
+    def fetch(self, local_copy: str | None, download_dir: str) -> Path:
+        """The dataset's root: the local copy, or downloaded (and unpacked). Not yet verified."""
+        raise NotImplementedError
+
+    def locate(self, local_copy: str | None, download_dir: str) -> Path:
+        """Where a fetched dataset lives (no download, no verification)."""
+        raise NotImplementedError
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        """Raw label values (as stored in the PNG) -> class ids 0..C-1 with void = ignore_index (int64).
+
+        The default takes the values as they are; values that are neither a class nor void are an error."""
+        raw = np.asarray(raw, dtype=np.int64)
+        bad = (raw != self.ignore_index) & ((raw < 0) | (raw >= self.n_classes))
+        if bad.any():
+            raise ValueError(f"label values {sorted(set(np.unique(raw[bad]).tolist()))[:10]} are neither one of the "
+                             f"{self.n_classes} classes nor the void id {self.ignore_index}")
+        return raw
+
+    def record(self, root: Path) -> dict:
+        """Facts for the fetch stage's record beyond the common ones (free of machine-specific paths)."""
+        return {}
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise DatasetError(f"{self.title} has no split {split!r}; splits: {list(self.splits)}")
+
+
+# ------------------------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    return _digest(path, hashlib.sha256(), chunk)
+
+
+def md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    return _digest(path, hashlib.md5(), chunk)  # noqa: S324 (the checksum the datasets publish)
+
+
+def _digest(path: Path, h, chunk: int) -> str:
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(lines: list[str]) -> str:
+    return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- archives
+
+
+@dataclass(frozen=True)
+class Archive:
+    filename: str
+    url: str
+    md5: str | None  # the published checksum; None where none is published (then: member CRCs / structure)
+    size: str = ""  # for messages, e.g. "2 GB"
+
+
+def check_archive(path: Path, archive: Archive) -> None:
+    """Compare an archive with its published md5; a mismatch is an error naming the archive."""
+    if archive.md5 is None:
+        return
+    actual = md5_file(path)
+    if actual != archive.md5:
+        raise DatasetError(
+            f"archive {path} is truncated or corrupt: md5 {actual} ({path.stat().st_size} bytes), expected the "
+            f"published {archive.md5}. Delete it and download it again from {archive.url}"
+        )
+
+
+DOWNLOAD_TIMEOUT = 120  # seconds without data before a download is given up
+
+
+def download_archive(archive: Archive, dest_dir: Path, how_to_get: str) -> Path:
+    """Download to a temporary name, check size and checksum, then rename: the final name is always complete."""
+    final = Path(dest_dir) / archive.filename
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(f".{archive.filename}.part")
+    log.info("downloading %s (%s) from %s", archive.filename, archive.size or "size unknown", archive.url)
+    try:
+        # a stalled connection fails after `timeout` seconds without data instead of hanging the pipeline
+        with urllib.request.urlopen(archive.url, timeout=DOWNLOAD_TIMEOUT) as response, open(part, "wb") as out:  # noqa: S310
+            expected = response.headers.get("Content-Length")
+            with tqdm(total=int(expected) if expected else None, unit="B", unit_scale=True, desc=archive.filename,
+                      disable=None) as bar:
+                while block := response.read(1 << 22):
+                    out.write(block)
+                    bar.update(len(block))
+        got = part.stat().st_size
+        if expected is not None and got != int(expected):
+            raise DatasetError(f"the download of {archive.filename} from {archive.url} is truncated: {got} of "
+                               f"{expected} bytes. Run fetch again")
+        check_archive(part, archive)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DatasetError(f"could not download {archive.url}: {e}. Without internet: {how_to_get}") from e
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, final)
+    return final
+
+
+Selector = Callable[[str], "str | None"]  # archive member name -> path relative to the dataset root, or None
+
+
+def extract_members(path: Path, dest: Path, select: Selector) -> int:
+    """Extract the selected regular files of a zip or tar archive; every member read is checked (zip CRC-32,
+    tar structure), so a truncated or corrupt archive is an error naming it. Returns the number extracted."""
+    n = 0
+
+    def write(rel: str, stream) -> None:
+        target = _safe_target(dest, rel, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(stream, out, length=1 << 20)
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    rel = None if info.is_dir() else select(info.filename)
+                    if rel:
+                        with zf.open(info) as stream:
+                            write(rel, stream)
+                        n += 1
+        else:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    rel = select(member.name) if member.isfile() else None
+                    if rel:
+                        with tar.extractfile(member) as stream:
+                            write(rel, stream)
+                        n += 1
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+        raise DatasetError(f"archive {path} is truncated or corrupt ({type(e).__name__}: {e}). Delete it and "
+                           "download it again") from e
+    return n
+
+
+def _safe_target(dest: Path, rel: str, archive: Path) -> Path:
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise DatasetError(f"archive {archive} has an unsafe member path {rel!r}")
+    return dest.joinpath(*pure.parts)
+
+
+# ------------------------------------------------------------------------------- archive-based datasets
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveDataset(DatasetSpec):
+    """A dataset published as archives, used from its extracted official layout.
+
+    Subclasses say where the layout may sit inside a local folder (:attr:`layout_roots`), which paths mark it
+    (:attr:`layout_markers`), how a split is listed (:meth:`samples`) and where each archive member goes
+    (:meth:`selector`).
+    """
+
+    archives: tuple[Archive, ...]
+    official_sizes: Mapping[str, int] = field(default_factory=dict)  # split -> images in the official list
+    layout_roots: tuple[str, ...] = ("",)  # candidate dataset roots inside a local copy
+    layout_markers: tuple[str, ...] = ()  # relative paths that show a folder holds the layout
+    downloadable: bool = True  # False: a login is needed, fetch explains the manual download
+
+    def selector(self, archive: Archive, tmp_root: Path) -> Selector:
+        raise NotImplementedError
+
+    # ---- where it is
+    def find_layout(self, src: Path) -> Path | None:
+        """The dataset root inside ``src`` if ``src`` holds the extracted layout (even an incomplete one)."""
+        if not src.is_dir():
+            return None
+        for rel in self.layout_roots:
+            root = src / rel if rel else src
+            if any((root / m).exists() for m in self.layout_markers):
+                return root
+        return None
+
+    def _layout_text(self) -> str:
+        roots = " or ".join(f"{r}/" for r in self.layout_roots if r)
+        markers = ", ".join(f"{m}/" for m in self.layout_markers)
+        return markers + (f" (directly or under {roots})" if roots else "")
+
+    def find_archives(self, src: Path) -> dict[str, Path]:
+        """The official archives in a local folder (or the folder of a given archive); names the missing."""
+        folder = src if src.is_dir() else src.parent
+        found = {a.filename: folder / a.filename for a in self.archives if (folder / a.filename).is_file()}
+        if not found:
+            raise DatasetError(
+                f"{self.title}: {src} holds neither the extracted layout ({self._layout_text()}) nor the archives "
+                f"{', '.join(a.filename for a in self.archives)}. To get it: {self.how_to_get}")
+        missing = [a for a in self.archives if a.filename not in found]
+        if missing:
+            raise DatasetError(
+                f"{self.title}: {folder} lacks the archive(s) "
+                + ", ".join(f"{a.filename} ({a.url})" for a in missing) + f". To get it: {self.how_to_get}")
+        return found
+
+    def fetch(self, local_copy: str | None, download_dir: str) -> Path:
+        unpacked = Path(download_dir) / self.name
+        if local_copy:
+            src = Path(local_copy).expanduser()
+            if not src.exists():
+                raise DatasetError(f"{self.title}: {src} does not exist. To get it: {self.how_to_get}")
+            root = self.find_layout(src)
+            if root is not None:
+                return root
+            archives = self.find_archives(src)
+            if unpacked.is_dir():
+                return unpacked
+            return self.unpack(archives, unpacked)
+        if unpacked.is_dir():
+            return unpacked
+        if not self.downloadable:
+            raise DatasetError(f"{self.title} cannot be downloaded without a login. {self.how_to_get}")
+        archives = {a.filename: download_archive(a, Path(download_dir) / "archives", self.how_to_get)
+                    for a in self.archives}
+        return self.unpack(archives, unpacked, checked=set(archives))
+
+    def locate(self, local_copy: str | None, download_dir: str) -> Path:
+        if local_copy:
+            root = self.find_layout(Path(local_copy).expanduser())
+            if root is not None:
+                return root
+        unpacked = Path(download_dir) / self.name
+        if unpacked.is_dir():
+            return unpacked
+        where = local_copy or unpacked
+        raise DatasetError(f"{self.title} not found at {where}: run `acseg-bench fetch` first. To get it: "
+                           f"{self.how_to_get}")
+
+    def unpack(self, archives: dict[str, Path], target: Path, checked: set[str] = frozenset()) -> Path:
+        """Check and unpack the archives (in order) into a temporary folder, verify it, rename it to target.
+        ``checked``: archives whose checksum was just verified (by their download)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-unpacking-"))
+        try:
+            for archive in self.archives:
+                path = archives[archive.filename]
+                if archive.filename not in checked:
+                    check_archive(path, archive)
+                n = extract_members(path, tmp, self.selector(archive, tmp))
+                log.info("unpacked %d files from %s", n, path.name)
+            self.verify(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    # ---- what a split holds, and whether it is complete
+    def verify(self, root: Path) -> dict[str, int]:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{self.title}: folder {root} does not exist. To get it: {self.how_to_get}")
+        present: dict[str, int] = {}
+        for split in self.splits:
+            try:
+                samples = self.samples(root, split)
+            except SplitAbsent:
+                continue
+            missing = [rel for s in samples for rel in (s.image, s.label) if not (root / rel).is_file()]
+            if missing:
+                raise DatasetError(
+                    f"{self.title} at {root}: split {split!r} is incomplete, {len(missing)} files missing, e.g. "
+                    f"{', '.join(missing[:5])}. To get it: {self.how_to_get}")
+            official = self.official_sizes.get(split)
+            if official is not None and len(samples) != official:
+                log.warning("%s: split %r has %d images, the official one %d: results on it are not comparable "
+                            "with published numbers", self.title, split, len(samples), official)
+            present[split] = len(samples)
+        if not present:
+            raise DatasetError(f"{self.title}: no split found under {root} (expected {self._layout_text()}). "
+                               f"To get it: {self.how_to_get}")
+        return present
+
+    def record(self, root: Path) -> dict:
+        """Which images each present split holds (a checksum of the sorted names) and the official sizes."""
+        lists = {}
+        for split in self.splits:
+            try:
+                lists[split] = sha256_text(sorted(s.name for s in self.samples(root, split)))
+            except SplitAbsent:
+                pass
+        return {"split_lists_sha256": lists, "official_sizes": dict(self.official_sizes)}
+
+
+def read_id_list(path: Path, title: str, how_to_get: str, split: str) -> list[str]:
+    """Image ids of a split list file, one a line (file extensions dropped); absent, empty or duplicated ids are
+    errors naming the list."""
+    if not path.is_file():
+        raise SplitAbsent(f"{title}: split {split!r} is absent: its list {path} is missing. To get it: {how_to_get}")
+    ids = []
+    for line in path.read_text().splitlines():
+        token = line.strip().split()[0] if line.strip() else ""
+        if token:
+            ids.append(token.rsplit(".", 1)[0] if token.endswith((".jpg", ".png")) else token)
+    if not ids:
+        raise DatasetError(f"{title}: the split list {path} is empty. To get it: {how_to_get}")
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{title}: the split list {path} names some images twice")
+    return ids
