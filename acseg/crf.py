@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass
 class CRFParams:
     """STEGO's (and most published numbers') DenseCRF2D settings, docs/protocol.md."""
 

@@ -169,6 +169,53 @@ def diagnose(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), pres
                    f"{r['concepts_per_image_mean']:.2f}")
 
 
+AxisOpt = Annotated[Optional[str], typer.Option(help="Comma list of values.")]
+
+
+@app.command()
+def ablate(
+    prototypes: AxisOpt = None, loss: AxisOpt = None, depth: AxisOpt = None,
+    self_attention: Annotated[Optional[str], typer.Option("--self-attention", help="on,off")] = None,
+    feature: AxisOpt = None, backbone: AxisOpt = None,
+    classifier: Annotated[Optional[str], typer.Option(help="region_mean,region_mean_centred")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="K of the concept classifier, comma list.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma list of seeds.")] = "0,1,2",
+    runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where the points' run folders go.")] = "runs/ablations",
+    out: Annotated[Path, typer.Option("--out", help="Tidy CSV, one row per run.")] = Path("reports/ablations.csv"),
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid,
+    every point x seed trained and evaluated on the cached features, one MLflow parent run with a nested run each.
+    """
+    from bench.ablate import parse_axes, sweep
+    from bench.config import ConfigError
+
+    cfg = _config(params, preset, set_, device)
+    raw = {"prototypes": prototypes, "loss": loss, "depth": depth, "self_attention": self_attention,
+           "feature": feature, "backbone": backbone, "classifier": classifier, "classes": classes}
+    try:
+        axes = parse_axes(raw)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except (ConfigError, ValueError) as e:
+        _fail(f"{e}")
+    path = _guard(sweep, cfg, axes, seed_list, runs_dir, out, progress=not quiet, echo=typer.echo)
+    typer.echo(f"{len(seed_list)} seeds x {len(axes)} axes -> {path}")
+
+
+@app.command()
+def report(
+    ablations: Annotated[str, typer.Option(help="Ablations CSV (skipped when absent; 'none': not used).")] = "reports/ablations.csv",
+    out: Annotated[Path, typer.Option("--out", help="Folder of the report (README.md + figures/).")] = Path("reports"),
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None,
+):
+    """Build reports/README.md and its figures from the results and ablations CSVs (nothing recomputed)."""
+    from bench.runs import run_report
+
+    cfg = _config(params, preset, set_)
+    typer.echo(str(_guard(run_report, cfg, None if ablations.lower() in ("", "none") else ablations, out)))
+
+
 @app.command()
 def results(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
     """Collect every evaluated run into reports/results.csv (one tidy row per run)."""

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from acseg.crf import CRFParams
+
 
 class ConfigError(ValueError):
     """An invalid parameter: the message names it and says why."""
@@ -153,15 +155,10 @@ class StegoConfig:
 
 
 @dataclass
-class CRFConfig:
-    """Dense CRF post-processing (``--crf``): the published DenseCRF2D settings (docs/protocol.md)."""
+class CRFConfig(CRFParams):
+    """Dense CRF post-processing (``--crf``): the published DenseCRF2D settings (acseg.crf.CRFParams), and how
+    scores become the CRF's unary."""
 
-    iterations: int = 10
-    gaussian_sxy: float = 1.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 4.0
     alpha: float = 2.0  # unary = softmax(alpha * scores); STEGO's cluster-probe scale for cosine scores
 
 

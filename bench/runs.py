@@ -241,7 +241,6 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
                  crf: bool = False) -> dict:
     """Evaluate one trained (or fitted) method on the evaluation split; ``crf``: dense-CRF post-processing,
     written to the run's crf/ folder."""
-    from acseg.crf import CRFParams
     from bench.data import SegmentationSplit
     from bench.evaluate import evaluate
     from bench.figures import qualitative_grid
@@ -261,12 +260,9 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
             if len(kept) < qualitative:
                 kept.append((name, c, lab))
 
-    c = cfg.crf
-    crf_params = CRFParams(c.iterations, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb,
-                           c.bilateral_compat) if crf else None
     ev = evaluate(predict, feats, spec, dataset.read_label, n_clusters(cfg, method), device,
-                  progress=progress, on_batch=keep_first, crf=crf_params, read_image=dataset.read_image,
-                  crf_alpha=c.alpha)
+                  progress=progress, on_batch=keep_first, crf=cfg.crf if crf else None,
+                  read_image=dataset.read_image, crf_alpha=cfg.crf.alpha)
     extra_metrics, concept_counts = extra()
     overcluster = {}
     if overcluster_k(cfg, method) and not crf:  # a separate metric: K' > classes, majority (many-to-one) matching
@@ -361,15 +357,17 @@ def collect_results(cfg: Config) -> Path:
         trained = folder / "train_summary.json"  # trained methods: training speed and final loss
         if trained.is_file():
             row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss")})
+        row.update({f"iou_{c}": v for c, v in row.get("per_class_iou", {}).items()})  # the report's heatmap
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
+    per_class = list(dict.fromkeys(c for row in rows for c in row if c.startswith("iou_")))
     extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss")
              + OVERCLUSTER_COLUMNS
-             if c in pd.DataFrame(rows)]
+             if c in pd.DataFrame(rows)] + per_class
     df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])
     df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4,
-                   "miou_overcluster": 2, "acc_overcluster": 2})
+                   "miou_overcluster": 2, "acc_overcluster": 2, **{c: 2 for c in per_class}})
     out = Path(cfg.run.results_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -382,3 +380,27 @@ def collect_results(cfg: Config) -> Path:
                     acc_std=("acc", "std"), seeds=("seed", "count"), **overclustered).round(2).reset_index())
     write_json_atomic(out.with_name(f"{out.stem}_summary.json"), {"rows": summary.to_dict(orient="records")})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Path:
+    """reports/README.md and figures from the results CSV, the ablations CSV (if present) and ACSeg's
+    concepts-per-image CSVs (bench/report.py)."""
+    import pandas as pd
+
+    from bench.report import ReportInputs, build_report
+
+    results_csv = Path(cfg.run.results_csv)
+    if not results_csv.is_file():
+        raise FileNotFoundError(f"no results at {results_csv}: run `acseg-bench results` (or `dvc repro`) first")
+    ablation_table = pd.read_csv(ablations) if ablations and Path(ablations).is_file() else None
+    files = sorted(Path(cfg.run.runs_dir).glob("acseg/seed*/concepts_per_image.csv"))
+    concepts = pd.concat([pd.read_csv(f).assign(seed=int(f.parent.name[len("seed"):])) for f in files]) if files else None
+    inputs = ReportInputs(pd.read_csv(results_csv), ablation_table, concepts, command="dvc repro",
+                          config_hash=cfg.hash(), git_commit=tracking.git_commit(),
+                          notes=["STEGO: the published COCO-Stuff ViT-S recipe on cached features, 1,000 steps "
+                                 "(CPU default), last step kept; no setting of it was chosen with labels"]
+                          if "stego" in set(pd.read_csv(results_csv).method) else [])
+    return build_report(inputs, out)

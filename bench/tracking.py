@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bench.config import Config
 
@@ -55,7 +56,7 @@ def log_run(
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)
         mlflow.set_experiment(cfg.run.experiment)
-        with mlflow.start_run(run_name=run_name) as run:
+        with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
             mlflow.set_tags(tags)
             flat = {k: ("null" if v is None else v) for k, v in (params or cfg.flat()).items()}
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
@@ -71,3 +72,30 @@ def log_run(
         log.warning("MLflow logging to %s failed (%s: %s); the results are in the run folder regardless",
                     cfg.run.tracking_uri, type(e).__name__, e)
         return None
+
+
+@contextmanager
+def parent_run(cfg: Config, run_name: str, params: dict[str, Any]) -> Iterator[str | None]:
+    """An MLflow parent run (a sweep): every run logged inside the block is nested in it. If MLflow is
+    unavailable the block still runs (its results are on disk regardless)."""
+    run = None
+    try:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        mlflow.set_tracking_uri(cfg.run.tracking_uri)
+        mlflow.set_experiment(cfg.run.experiment)
+        run = mlflow.start_run(run_name=run_name)
+        mlflow.set_tags({"git_commit": git_commit(), "kind": "sweep", "dataset": cfg.data.dataset,
+                         "backbone": cfg.backbone.name, "config_hash": cfg.hash()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    except Exception as e:  # noqa: BLE001 (tracking must never cost a result)
+        log.warning("MLflow parent run at %s failed (%s: %s); runs are logged unnested", cfg.run.tracking_uri,
+                    type(e).__name__, e)
+    try:
+        yield run.info.run_id if run is not None else None
+    finally:
+        if run is not None:
+            import mlflow
+
+            mlflow.end_run()

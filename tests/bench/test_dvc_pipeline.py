@@ -47,7 +47,7 @@ def test_knn_table_path_in_dvc_yaml_matches_python():
 def test_every_stage_calls_the_cli_and_declares_metrics():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(stages) == {"fetch", "features", "train", "evaluate", "diagnose", "kmeans", "stego-knn", "stego",
-                           "crf", "results"}
+                           "crf", "results", "report"}
     for name, stage in stages.items():
         cmd = stage.get("do", stage)["cmd"]
         assert cmd.startswith("acseg-bench "), name

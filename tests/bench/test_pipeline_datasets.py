@@ -70,7 +70,7 @@ def test_every_stage_runs_on_each_dataset(name, tmp_path, monkeypatch, in_proces
     out = invoke(*repro_args(name, local, tmp_path, tracking_uri, *EXTRA.get(name, [])))
     stages = [argv[0] if argv[0] != "baseline" else argv[1] for argv in in_process]
     assert stages == ["fetch", "features", "features", "train", "evaluate", "diagnose", "kmeans", "stego-knn", "stego",
-                      "evaluate", "evaluate", "evaluate", "results"], out
+                      "evaluate", "evaluate", "evaluate", "results", "report"], out
     assert [argv[argv.index("--method") + 1] for argv in in_process if "--crf" in argv] == ["acseg", "kmeans", "stego"]
     spec = get_spec(name)
     record = json.loads((tmp_path / f"data/{name}.json").read_text())
@@ -94,6 +94,7 @@ def test_every_stage_runs_on_each_dataset(name, tmp_path, monkeypatch, in_proces
     df = pd.read_csv(tmp_path / "reports/results.csv")
     assert set(zip(df.method, df.crf)) == {(m, c) for m in ("acseg", "kmeans", "stego") for c in (False, True)}
     assert (df.dataset == name).all()
+    assert "## Main table" in (tmp_path / "reports/README.md").read_text()
     if name == "voc2012":
         assert {"overcluster_k", "miou_overcluster", "acc_overcluster"} <= set(df.columns)
         summary = json.loads((tmp_path / "reports/results_summary.json").read_text())["rows"]
@@ -105,7 +106,7 @@ def test_repro_dry_lists_the_stages_with_the_params(tmp_path):
                  "--dry")
     lines = out.splitlines()
     assert lines[0] == f"[fetch] acseg-bench fetch --params {ROOT / 'params/paper_voc2012.yaml'}"
-    assert sum(line.startswith("[train@") for line in lines) == 3 and lines[-1].startswith("[results]")
+    assert sum(line.startswith("[train@") for line in lines) == 3 and lines[-1].startswith("[report]")
 
 
 def test_unknown_dataset_is_one_clear_line(tmp_path, monkeypatch):

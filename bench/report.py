@@ -1,0 +1,248 @@
+"""`acseg-bench report`: reports/README.md and its figures, built from the pipeline's CSVs alone.
+
+Inputs: the results table (one row per run: method, crf, seed, miou, acc, per-class IoU columns ``iou_<class>``),
+the ablations table (``axis, value, seed, miou, acc``), and optionally the concepts-per-image CSVs of ACSeg's
+runs. Outputs: a Markdown report (main table, one table per ablation axis, the paper's claims beside what was
+measured, provenance) and seaborn PNGs. Nothing is recomputed, so the report always matches the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METHOD_NAMES = {"acseg": "ACSeg", "kmeans": "DINO k-means (floor)", "stego": "STEGO"}
+AXIS_TITLES = {"prototypes": "number of prototypes k", "loss": "loss", "depth": "ACG depth N",
+               "self_attention": "prototype self-attention", "feature": "backbone features",
+               "backbone": "backbone", "classifier": "concept classifier", "classes": "classifier K"}
+
+# The paper's claims (docs/method.md), each with the dataset it was made on: never compared across datasets.
+PAPER_CLAIMS = [
+    ("ACSeg mIoU", "VOC 2012 val", "47.1 +- 2.4"),
+    ("ACSeg mIoU", "COCO-Stuff-27 val", "16.4 +- 0.9"),
+    ("number of prototypes", "VOC 2012", "best at k=5; k=2 collapses to fore/background; k>=7 over-clusters"),
+    ("modularity loss beats its variants", "VOC 2012", "as reported by the paper's ablation"),
+]
+
+
+@dataclass
+class ReportInputs:
+    results: pd.DataFrame
+    ablations: pd.DataFrame | None = None
+    concepts: pd.DataFrame | None = None  # columns: seed, image, concepts
+    command: str = "dvc repro"
+    config_hash: str = ""
+    git_commit: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def mean_std(values: pd.Series) -> str:
+    """'m +- s' over seeds (sample std, ddof=1; a single seed has no std)."""
+    values = values.dropna()
+    if len(values) == 0:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f} (1 seed)"
+    return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+
+
+def main_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Methods x (mIoU, accuracy) as mean +- std over seeds, with and without CRF."""
+    rows = []
+    for (method, crf), g in results.groupby(["method", "crf"], sort=True):
+        rows.append({"method": METHOD_NAMES.get(method, method), "CRF": "yes" if crf else "no",
+                     "mIoU (%)": mean_std(g.miou), "accuracy (%)": mean_std(g.acc), "seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def axis_tables(ablations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for axis, g in ablations.groupby("axis", sort=False):
+        rows = []
+        for value, v in g.groupby("value", sort=False):
+            rows.append({AXIS_TITLES.get(axis, axis): value, "mIoU (%)": mean_std(v.miou),
+                         "accuracy (%)": mean_std(v.acc), "seeds": v.seed.nunique()})
+        tables[axis] = pd.DataFrame(rows)
+    return tables
+
+
+def _sorted_values(values: pd.Series) -> list:
+    numeric = pd.to_numeric(values, errors="coerce")
+    return list(values.iloc[np.argsort(numeric.to_numpy())]) if numeric.notna().all() else list(values)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_prototypes(ablations: pd.DataFrame, path: Path) -> Path | None:
+    import seaborn as sns
+
+    g = ablations[ablations.axis == "prototypes"].copy()
+    if g.empty:
+        return None
+    plt = _pyplot()
+    g["k"] = pd.to_numeric(g.value)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.lineplot(data=g, x="k", y="miou", errorbar="sd", marker="o", err_style="bars", ax=ax)
+    ax.set_xlabel("number of prototypes k")
+    ax.set_ylabel("mIoU (%), mean +- std over seeds")
+    ax.set_xticks(sorted(g.k.unique()))
+    ax.set_title("ACSeg: mIoU vs number of prototypes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure_axis_bars(ablations: pd.DataFrame, axis: str, path: Path, title: str) -> Path | None:
+    import seaborn as sns
+
+    g = ablations[ablations.axis == axis]
+    if g.empty:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.barplot(data=g, x="value", y="miou", errorbar="sd", order=_sorted_values(g.value.drop_duplicates()),
+                capsize=0.15, ax=ax)
+    ax.set_xlabel(AXIS_TITLES.get(axis, axis))
+    ax.set_ylabel("mIoU (%), mean +- std over seeds")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure_per_class(results: pd.DataFrame, path: Path) -> Path | None:
+    import seaborn as sns
+
+    cols = [c for c in results.columns if c.startswith("iou_")]
+    if not cols:
+        return None
+    plt = _pyplot()
+    df = results.assign(name=[f"{METHOD_NAMES.get(m, m)}{' + CRF' if c else ''}" for m, c in
+                              zip(results.method, results.crf)])
+    table = df.groupby("name")[cols].mean()
+    table.columns = [c[len("iou_"):] for c in cols]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 + 0.75 * len(cols)), 1.6 + 0.5 * len(table)))
+    sns.heatmap(table, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"},
+                ax=ax)
+    ax.set_xlabel("class")
+    ax.set_ylabel("")
+    ax.set_title("Per-class IoU (mean over seeds)")
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
+    import seaborn as sns
+
+    if concepts is None or concepts.empty:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.histplot(data=concepts, x="concepts", hue="seed", discrete=True, multiple="dodge", shrink=0.8, ax=ax)
+    ax.set_xlabel("concepts used per image (ACSeg's adaptive count)")
+    ax.set_ylabel("images")
+    ax.set_title("Distribution of concepts per image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _md(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False)
+
+
+def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
+    """Write ``out_dir``/README.md and ``out_dir``/figures/*.png; returns the README path."""
+    out = Path(out_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    r = inputs.results
+    first = r.iloc[0]
+    lines = [
+        "# acseg-bench report",
+        "",
+        f"Generated by `acseg-bench report` from `results.csv`"
+        + (" and `ablations.csv`" if inputs.ablations is not None else "") + ". Do not edit by hand: "
+        f"`{inputs.command}` regenerates it.",
+        "",
+        f"- git commit: `{inputs.git_commit or 'unknown'}`; config hash: `{inputs.config_hash or 'n/a'}`",
+        f"- dataset: {first.dataset} ({first.split} split); backbone: {first.backbone}, weights: {first.weights}; "
+        f"resolution {first.resolution}; feature type {first.feature_type}",
+        "- every value is mean +- std over seeds (sample std); CRF = dense CRF post-processing (the published "
+        "DenseCRF2D settings)",
+        *[f"- {n}" for n in inputs.notes],
+        "",
+        "## Main table",
+        "",
+        _md(main_table(r)),
+        "",
+    ]
+    per_class = figure_per_class(r, figures / "per_class_iou.png")
+    if per_class:
+        lines += [f"![per-class IoU](figures/{per_class.name})", ""]
+    if inputs.ablations is not None and not inputs.ablations.empty:
+        lines += ["## Ablations (ACSeg)", ""]
+        for axis, table in axis_tables(inputs.ablations).items():
+            lines += [f"### {AXIS_TITLES.get(axis, axis)}", "", _md(table), ""]
+        for fig in (figure_prototypes(inputs.ablations, figures / "prototypes.png"),
+                    figure_axis_bars(inputs.ablations, "loss", figures / "loss_variants.png",
+                                     "ACSeg: loss variants")):
+            if fig:
+                lines += [f"![{fig.stem}](figures/{fig.name})", ""]
+    concepts = figure_concepts(inputs.concepts, figures / "concepts_per_image.png")
+    if concepts:
+        lines += ["## ACSeg's adaptive number of concepts", "", f"![concepts per image](figures/{concepts.name})",
+                  ""]
+    lines += ["## The paper's claims and what this harness measured", "",
+              "The paper's numbers are on its datasets; the numbers measured here are on the dataset named above. "
+              "They are not comparable with each other, only each claim's direction is.", "",
+              _md(pd.DataFrame(PAPER_CLAIMS, columns=["claim", "paper's dataset", "paper"])), ""]
+    lines += _measured_claims(inputs)
+    path = out / "README.md"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _measured_claims(inputs: ReportInputs) -> list[str]:
+    r, a = inputs.results, inputs.ablations
+    first = r.iloc[0]
+    here = f"{first.dataset} {first.split}"
+    out = ["Measured here:", ""]
+    no_crf = r[~r.crf.astype(bool)]
+    means = no_crf.groupby("method").miou.mean()
+    for method, value in means.sort_values(ascending=False).items():
+        out.append(f"- {METHOD_NAMES.get(method, method)} on {here}, no CRF: mIoU {mean_std(no_crf[no_crf.method == method].miou)}")
+    if a is not None and not a[a.axis == "prototypes"].empty:
+        g = a[a.axis == "prototypes"].groupby("value").miou.mean()
+        best = g.idxmax()
+        out.append(f"- number of prototypes on {here}: best mean mIoU at k={best} ({g.max():.2f}) among "
+                   f"k in {{{', '.join(str(v) for v in _sorted_values(pd.Series(g.index)))}}}")
+    if a is not None and not a[a.axis == "loss"].empty:
+        g = a[a.axis == "loss"].groupby("value").miou.mean().sort_values(ascending=False)
+        out.append(f"- loss variants on {here}, by mean mIoU: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    return out + [""]
