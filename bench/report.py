@@ -24,7 +24,7 @@ PAPER_CLAIMS = [
     ("ACSeg mIoU", "VOC 2012 val", "47.1 +- 2.4"),
     ("ACSeg mIoU", "COCO-Stuff-27 val", "16.4 +- 0.9"),
     ("number of prototypes", "VOC 2012", "best at k=5; k=2 collapses to fore/background; k>=7 over-clusters"),
-    ("modularity loss beats its variants", "VOC 2012", "as reported by the paper's ablation"),
+    ("speed of the concept step", "(any)", "149.2 images/s vs k-means 2.4, spectral 3.4"),
 ]
 
 
@@ -158,6 +158,7 @@ def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.histplot(data=concepts, x="concepts", hue="seed", discrete=True, multiple="dodge", shrink=0.8, ax=ax)
+    ax.set_xticks(sorted(concepts.concepts.unique()))
     ax.set_xlabel("concepts used per image (ACSeg's adaptive count)")
     ax.set_ylabel("images")
     ax.set_title("Distribution of concepts per image")
