@@ -77,13 +77,26 @@ def _sorted_values(values: pd.Series) -> list:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _pyplot():
+def _axes(figsize: tuple[float, float]):
+    """A new figure and axes (matplotlib's Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    return plt.subplots(figsize=figsize)
+
+
+def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def figure_prototypes(ablations: pd.DataFrame, path: Path) -> Path | None:
@@ -92,18 +105,12 @@ def figure_prototypes(ablations: pd.DataFrame, path: Path) -> Path | None:
     g = ablations[ablations.axis == "prototypes"].copy()
     if g.empty:
         return None
-    plt = _pyplot()
     g["k"] = pd.to_numeric(g.value)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes((5.5, 3.8))
     sns.lineplot(data=g, x="k", y="miou", errorbar="sd", marker="o", err_style="bars", ax=ax)
-    ax.set_xlabel("number of prototypes k")
-    ax.set_ylabel("mIoU (%), mean +- std over seeds")
     ax.set_xticks(sorted(g.k.unique()))
-    ax.set_title("ACSeg: mIoU vs number of prototypes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "ACSeg: mIoU vs number of prototypes", "number of prototypes k",
+                 "mIoU (%), mean +- std over seeds")
 
 
 def figure_axis_bars(ablations: pd.DataFrame, axis: str, path: Path, title: str) -> Path | None:
@@ -112,18 +119,11 @@ def figure_axis_bars(ablations: pd.DataFrame, axis: str, path: Path, title: str)
     g = ablations[ablations.axis == axis]
     if g.empty:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = _axes((6, 3.8))
     sns.barplot(data=g, x="value", y="miou", errorbar="sd", order=_sorted_values(g.value.drop_duplicates()),
                 capsize=0.15, ax=ax)
-    ax.set_xlabel(AXIS_TITLES.get(axis, axis))
-    ax.set_ylabel("mIoU (%), mean +- std over seeds")
-    ax.set_title(title)
     ax.tick_params(axis="x", labelrotation=15)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title, AXIS_TITLES.get(axis, axis), "mIoU (%), mean +- std over seeds")
 
 
 def figure_per_class(results: pd.DataFrame, path: Path) -> Path | None:
@@ -132,22 +132,15 @@ def figure_per_class(results: pd.DataFrame, path: Path) -> Path | None:
     cols = [c for c in results.columns if c.startswith("iou_")]
     if not cols:
         return None
-    plt = _pyplot()
     df = results.assign(name=[f"{METHOD_NAMES.get(m, m)}{' + CRF' if c else ''}" for m, c in
                               zip(results.method, results.crf)])
     table = df.groupby("name")[cols].mean()
     table.columns = [c[len("iou_"):] for c in cols]
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 + 0.75 * len(cols)), 1.6 + 0.5 * len(table)))
+    fig, ax = _axes((max(6.0, 2.5 + 0.75 * len(cols)), 1.6 + 0.5 * len(table)))
     sns.heatmap(table, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"},
                 ax=ax)
-    ax.set_xlabel("class")
-    ax.set_ylabel("")
-    ax.set_title("Per-class IoU (mean over seeds)")
     ax.tick_params(axis="x", labelrotation=45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Per-class IoU (mean over seeds)", "class", "")
 
 
 def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
@@ -155,17 +148,11 @@ def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
 
     if concepts is None or concepts.empty:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes((5.5, 3.8))
     sns.histplot(data=concepts, x="concepts", hue="seed", discrete=True, multiple="dodge", shrink=0.8, ax=ax)
     ax.set_xticks(sorted(concepts.concepts.unique()))
-    ax.set_xlabel("concepts used per image (ACSeg's adaptive count)")
-    ax.set_ylabel("images")
-    ax.set_title("Distribution of concepts per image")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Distribution of concepts per image",
+                 "concepts used per image (ACSeg's adaptive count)", "images")
 
 
 # ------------------------------------------------------------------------------------------------ markdown
