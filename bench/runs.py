@@ -87,7 +87,6 @@ def load_model(cfg: Config, seed: int, device: torch.device):
 
 
 def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
-    from bench.figures import loss_curve
     from bench.train import train_acseg
 
     device = resolve_device(cfg.run.device)
@@ -101,19 +100,29 @@ def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
 
         centroids, _ = classifier_centroids(cfg, model, cluster or train, cfg.classifier.overcluster_k, seed, device)
         extra["overcluster_centroids"] = centroids.cpu()
-    out = run_dir(cfg, "acseg", seed)
+    log_lines = ["step,loss,lr"] + [f"{s},{l:.6f},{r:.3e}" for s, l, r in zip(history.steps, history.loss, history.lr)]
+    return save_training(cfg, "acseg", seed, train, model, extra, history, log_lines,
+                         {"concept_regions": n_regions}, {},
+                         f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
+
+
+def save_training(cfg: Config, method: str, seed: int, train, model, extra: dict, history, log_lines: list[str],
+                  summary_extra: dict, series_extra: dict, title: str) -> Path:
+    """A trained model's outputs in its run folder (model, train_log.csv, train_summary.json, loss curve) and
+    its MLflow run; ``history`` has steps, loss, steps_per_second and seconds."""
+    from bench.figures import loss_curve
+
+    out = run_dir(cfg, method, seed)
     out.mkdir(parents=True, exist_ok=True)
     save_model(out / "model.pt", cfg, model, extra)
-    lines = ["step,loss,lr"] + [f"{s},{l:.6f},{r:.3e}" for s, l, r in zip(history.steps, history.loss, history.lr)]
-    (out / "train_log.csv").write_text("\n".join(lines) + "\n")
+    (out / "train_log.csv").write_text("\n".join(log_lines) + "\n")
     summary = {"final_loss": history.loss[-1], "steps_per_second": history.steps_per_second,
-               "train_seconds": history.seconds, "concept_regions": n_regions}
+               "train_seconds": history.seconds, **summary_extra}
     write_json_atomic(out / "train_summary.json", summary)
-    curve = loss_curve(history.steps, history.loss, out / "loss_curve.png",
-                       f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
-    tracking.log_run(cfg, f"train-acseg-seed{seed}",
-                     tracking.standard_tags(cfg, cfg.data.train_split, seed, train.meta["weights_sha256"], "acseg"),
-                     summary, series={"loss": list(zip(history.steps, history.loss))},
+    curve = loss_curve(history.steps, history.loss, out / "loss_curve.png", title)
+    tracking.log_run(cfg, f"train-{method}-seed{seed}",
+                     tracking.standard_tags(cfg, cfg.data.train_split, seed, train.meta["weights_sha256"], method),
+                     summary, series={"loss": list(zip(history.steps, history.loss)), **series_extra},
                      artifacts=[curve, out / "train_log.csv"])
     return out
 
@@ -127,7 +136,6 @@ def run_stego_knn(cfg: Config) -> Path:
 
 def run_train_stego(cfg: Config, seed: int, progress: bool = True) -> Path:
     """Train STEGO's head and cluster probe on cached features; the last step is the model (no labels)."""
-    from bench.figures import loss_curve
     from bench.stego import ensure_knn, load_knn, train_stego
 
     device = resolve_device(cfg.run.device)
@@ -135,26 +143,15 @@ def run_train_stego(cfg: Config, seed: int, progress: bool = True) -> Path:
     ensure_knn(cfg, cfg.data.train_split, train)
     k = n_clusters(cfg, "stego")
     model, history = train_stego(cfg, seed, train, load_knn(cfg, cfg.data.train_split), k, device, progress)
-    out = run_dir(cfg, "stego", seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(out / "model.pt", cfg, model, {"feature_dim": train.features.shape[-1], "n_classes": k,
-                                              "weights_sha256": train.meta["weights_sha256"]})
     names = ["self", "knn", "rand", "probe"]
-    lines = ["step,loss," + ",".join(names)] + [
+    log_lines = ["step,loss," + ",".join(names)] + [
         f"{step},{loss:.6f}," + ",".join(f"{history.terms[n][i]:.6f}" for n in names)
         for i, (step, loss) in enumerate(zip(history.steps, history.loss))]
-    (out / "train_log.csv").write_text("\n".join(lines) + "\n")
-    summary = {"final_loss": history.loss[-1], "steps_per_second": history.steps_per_second,
-               "train_seconds": history.seconds, **history.correlation_summary()}
-    write_json_atomic(out / "train_summary.json", summary)
-    curve = loss_curve(history.steps, history.loss, out / "loss_curve.png",
-                       f"STEGO correspondence loss, seed {seed}")
-    tracking.log_run(cfg, f"train-stego-seed{seed}",
-                     tracking.standard_tags(cfg, cfg.data.train_split, seed, train.meta["weights_sha256"], "stego"),
-                     summary, series={"loss": list(zip(history.steps, history.loss)),
-                                      **{f"loss_{n}": list(zip(history.steps, history.terms[n])) for n in names}},
-                     artifacts=[curve, out / "train_log.csv"])
-    return out
+    extra = {"feature_dim": train.features.shape[-1], "n_classes": k, "weights_sha256": train.meta["weights_sha256"]}
+    return save_training(cfg, "stego", seed, train, model, extra, history, log_lines,
+                         history.correlation_summary(),
+                         {f"loss_{n}": list(zip(history.steps, history.terms[n])) for n in names},
+                         f"STEGO correspondence loss, seed {seed}")
 
 
 def load_stego(cfg: Config, seed: int, device: torch.device):
@@ -398,9 +395,11 @@ def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Pa
     ablation_table = pd.read_csv(ablations) if ablations and Path(ablations).is_file() else None
     files = sorted(Path(cfg.run.runs_dir).glob("acseg/seed*/concepts_per_image.csv"))
     concepts = pd.concat([pd.read_csv(f).assign(seed=int(f.parent.name[len("seed"):])) for f in files]) if files else None
-    inputs = ReportInputs(pd.read_csv(results_csv), ablation_table, concepts, command="dvc repro",
-                          config_hash=cfg.hash(), git_commit=tracking.git_commit(),
-                          notes=["STEGO: the published COCO-Stuff ViT-S recipe on cached features, 1,000 steps "
-                                 "(CPU default), last step kept; no setting of it was chosen with labels"]
-                          if "stego" in set(pd.read_csv(results_csv).method) else [])
+    results = pd.read_csv(results_csv)
+    st = cfg.stego
+    notes = [f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
+             f"{st.w_self}/{st.w_knn}/{st.w_rand}, shifts {st.shift_self}/{st.shift_knn}/{st.shift_rand} "
+             f"(`stego` in the params), last step kept; no setting of it was chosen with labels"]
+    inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
+                          git_commit=tracking.git_commit(), notes=notes if "stego" in set(results.method) else [])
     return build_report(inputs, out)

@@ -43,10 +43,15 @@ def pooled_features(features: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return torch.cat([part.float().mean((1, 2)) for part in features.split(chunk)])
 
 
+def _knn_meta(cfg: Config, split: str) -> dict:
+    """What a valid k-NN entry must have been written for: its feature cache key and k."""
+    return {**cache.expected_meta(cfg, split), "kind": "knn", "k": cfg.stego.knn}
+
+
 def ensure_knn(cfg: Config, split: str, feats: CachedFeatures | None = None) -> Path:
     """The k-NN table of a split's images, computed once per feature cache entry and written atomically."""
     path = knn_path(cfg, split)
-    meta = {**cache.expected_meta(cfg, split), "kind": "knn", "k": cfg.stego.knn}
+    meta = _knn_meta(cfg, split)
     if cache.is_valid(path, meta, filename="knn.safetensors"):
         return path
     feats = feats or load_features(cfg, split)
@@ -58,8 +63,7 @@ def ensure_knn(cfg: Config, split: str, feats: CachedFeatures | None = None) -> 
 
 def load_knn(cfg: Config, split: str) -> torch.Tensor:
     path = knn_path(cfg, split)
-    meta = {**cache.expected_meta(cfg, split), "kind": "knn", "k": cfg.stego.knn}
-    if not cache.is_valid(path, meta, filename="knn.safetensors"):
+    if not cache.is_valid(path, _knn_meta(cfg, split), filename="knn.safetensors"):
         raise FileNotFoundError(f"no k-NN table at {path}: run `acseg-bench baseline stego-knn` (or `dvc repro`)")
     tensors, _ = cache.read_entry(path, filename="knn.safetensors")
     return tensors["knn"]
