@@ -11,8 +11,48 @@ is cheaper on a CPU), heads, MLP width and whether prototypes attend to each oth
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from k concept queries to n pixels, computed in the pixel space.
+
+    The same function and the same parameters (names, shapes, initialisation) as ``nn.MultiheadAttention``, but
+    the key and value projections are folded into the queries instead of being applied to every pixel:
+
+        softmax(q W_k^T x^T) x W_v^T  ==  softmax((q W_k) x^T) (attention-weighted x) W_v^T
+
+    per head (the key bias shifts every logit of a query equally, so it cancels in the softmax). With k << n
+    that costs O(k n w) instead of O(n w^2): the concept generator's training step is several times faster.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.width, self.heads, self.head_dim = width, heads, width // heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's initialisation, in its order (so seeds give the same weights)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, queries: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """queries [B, k, w], pixels [B, n, w] -> [B, k, w]."""
+        b, k, w = queries.shape
+        h, hd = self.heads, self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.split(w)
+        b_q, _, b_v = self.in_proj_bias.split(w)
+        q = F.linear(queries, w_q, b_q).view(b, k, h, hd)
+        q_pixel = torch.einsum("bkhd,hdw->bhkw", q, w_k.view(h, hd, w)).reshape(b, h * k, w)  # queries in the pixel space
+        attention = torch.softmax(q_pixel @ pixels.transpose(1, 2) / math.sqrt(hd), dim=-1)  # [B, h*k, n]
+        attended = (attention @ pixels).view(b, h, k, w)  # attention-weighted pixels
+        out = torch.einsum("bhkw,hdw->bkhd", attended, w_v.view(h, hd, w)).reshape(b, k, w) + b_v
+        return self.out_proj(out)
 
 
 class ConceptBlock(nn.Module):
@@ -21,7 +61,7 @@ class ConceptBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_width: int, self_attention: bool = True):
         super().__init__()
         self.norm_cross = nn.LayerNorm(width)
-        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.cross_attn = CrossAttention(width, heads)
         self.self_attention = self_attention
         if self_attention:
             self.norm_self = nn.LayerNorm(width)
@@ -32,7 +72,7 @@ class ConceptBlock(nn.Module):
     def forward(self, concepts: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """concepts [B, k, w], pixels [B, n, w] (already normalised) -> concepts [B, k, w]."""
         q = self.norm_cross(concepts)
-        concepts = concepts + self.cross_attn(q, pixels, pixels, need_weights=False)[0]
+        concepts = concepts + self.cross_attn(q, pixels)
         if self.self_attention:
             q = self.norm_self(concepts)
             concepts = concepts + self.self_attn(q, q, q, need_weights=False)[0]

@@ -14,7 +14,8 @@ FEATURE_TYPES = ("tokens", "keys")
 
 
 class ViTFeatures(nn.Module):
-    """images [B, 3, H, W] in [0, 1] -> dict of features [B, h, w, d], cls [B, d], cls_attention [B, heads, h, w].
+    """images [B, 3, H, W] in [0, 1] -> dict of features [B, h, w, d] (the chosen type), every type under its
+    own name (``tokens``, ``keys``: one forward pass gives both), cls [B, d], cls_attention [B, heads, h, w].
 
     H and W must be multiples of the patch size (the model must be built with ``dynamic_img_size=True`` or at
     that fixed size).
@@ -52,13 +53,14 @@ class ViTFeatures(nn.Module):
         q, k, _ = self._qkv.reshape(b, tokens.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)  # [B, heads, N, hd]
         q, k = attn.q_norm(q), attn.k_norm(k)
         cls_attention = ((q[:, :, :1] * attn.scale) @ k.transpose(-1, -2)).softmax(-1)[:, :, 0, prefix:]
-        if self.feature_type == "tokens":
-            patches = tokens[:, prefix:]
-        else:
-            patches = k[:, :, prefix:].transpose(1, 2).reshape(b, h * w, -1)
+        by_type = {
+            "tokens": tokens[:, prefix:].reshape(b, h, w, -1),
+            "keys": k[:, :, prefix:].transpose(1, 2).reshape(b, h, w, -1),
+        }
         self._qkv = None
         return {
-            "features": patches.reshape(b, h, w, -1),
+            "features": by_type[self.feature_type],
+            **by_type,
             "cls": tokens[:, 0],
             "cls_attention": cls_attention.reshape(b, heads, h, w),
         }

@@ -87,20 +87,21 @@ def kmeans(
     if cosine:
         x = F.normalize(x, dim=-1)
     w = torch.ones(x.shape[0]) if weights is None else weights.float()
+    weighted = x if weights is None else x * w[:, None]  # once, not per iteration (it is a large tensor)
     generator = torch.Generator().manual_seed(seed)
     best = None
     for _ in range(n_init):
-        result = _lloyd(x, w, k, generator, iters, cosine, tol, chunk)
+        result = _lloyd(x, w, weighted, k, generator, iters, cosine, tol, chunk)
         if best is None or result.inertia < best.inertia:
             best = result
     return best
 
 
-def _lloyd(x, w, k, generator, iters, cosine, tol, chunk) -> KMeansResult:
+def _lloyd(x, w, weighted, k, generator, iters, cosine, tol, chunk) -> KMeansResult:
     centroids = kmeans_plus_plus(x, k, generator, cosine)
     for _ in range(iters):
         labels = _nearest(x, centroids, cosine, chunk)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x * w[:, None])
+        sums = torch.zeros_like(centroids).index_add_(0, labels, weighted)
         mass = torch.zeros(k, dtype=x.dtype).index_add_(0, labels, w)
         empty = mass == 0
         new = sums / mass.clamp_min(1e-12)[:, None]

@@ -87,24 +87,29 @@ class Axis:
     help: str
     parse: Callable[[str], Any]
     overrides: Callable[[Any, Config], dict[str, Any]]
+    current: Callable[[Config], Any]  # the base configuration's value (every sweep includes it)
 
 
 AXES: dict[str, Axis] = {a.name: a for a in [
-    Axis("prototypes", "number of prototypes k", _int("prototypes"), lambda v, c: {"acseg.prototypes": v}),
+    Axis("prototypes", "number of prototypes k", _int("prototypes"), lambda v, c: {"acseg.prototypes": v},
+         lambda c: c.acseg.prototypes),
     Axis("loss", "the modularity loss or a variant of docs/method.md", _choice("loss", _losses),
-         lambda v, c: {"acseg.loss": v}),
-    Axis("depth", "N decoder blocks of the concept generator", _int("depth"), lambda v, c: {"acseg.depth": v}),
+         lambda v, c: {"acseg.loss": v}, lambda c: c.acseg.loss),
+    Axis("depth", "N decoder blocks of the concept generator", _int("depth"), lambda v, c: {"acseg.depth": v},
+         lambda c: c.acseg.depth),
     Axis("self_attention", "prototype self-attention in every block (on/off)", _switch("self_attention"),
-         lambda v, c: {"acseg.self_attention": v}),
+         lambda v, c: {"acseg.self_attention": v}, lambda c: c.acseg.self_attention),
     Axis("feature", "backbone features: tokens or attention keys", _choice("feature", _feature_types),
-         lambda v, c: {"features.type": v}),
+         lambda v, c: {"features.type": v}, lambda c: c.features.type),
     Axis("backbone", "a registered backbone (hub weights) or `random` (random weights, the control)",
-         _choice("backbone", _backbones), _backbone),
+         _choice("backbone", _backbones), _backbone,
+         lambda c: "random" if c.backbone.weights == "random" else c.backbone.name),
     Axis("classifier", "concept classifier input: raw or centred region means",
          _choice("classifier", lambda: ["region_mean", "region_mean_centred"]),
-         lambda v, c: {"classifier.raw_regions": v == "region_mean"}),
+         lambda v, c: {"classifier.raw_regions": v == "region_mean"},
+         lambda c: "region_mean" if c.classifier.raw_regions else "region_mean_centred"),
     Axis("classes", "K, the clusters of the concept classifier (0: the dataset's classes)", _int("classes"),
-         lambda v, c: {"classifier.n_classes": v}),
+         lambda v, c: {"classifier.n_classes": v}, lambda c: c.classifier.n_classes),
 ]}
 
 
@@ -148,26 +153,44 @@ def parse_axes(raw: dict[str, str | list[Any] | None]) -> dict[str, list[Any]]:
     return axes
 
 
-def grid(axes: dict[str, list[Any]]) -> list[Point]:
-    """Several axes at once = their grid (every combination), in the order given."""
+def grid(axes: dict[str, list[Any]], base: Config | None = None) -> list[Point]:
+    """Several axes at once = their grid (every combination), in the order given. With ``base``, the base
+    configuration's own point comes first when the grid lacks it (every table then has its reference row)."""
     names = tuple(axes)
-    return [Point(names, combo) for combo in itertools.product(*axes.values())]
+    points = [Point(names, combo) for combo in itertools.product(*axes.values())]
+    if base is not None:
+        own = Point(names, tuple(AXES[a].current(base) for a in names))
+        if own not in points:
+            points.insert(0, own)
+    return points
 
 
-def point_config(cfg: Config, point: Point, runs_dir: str) -> Config:
+DEFAULT = "default"
+
+
+def point_config(cfg: Config, point: Point, runs_dir: str | Path, sweep_name: str) -> Config:
+    """The point's configuration: the base with the axis' parameters changed, in ``runs_dir``/``sweep_name``/
+    <label>; a point that changes nothing is the shared default point, in ``runs_dir``/default."""
     overrides: dict[str, Any] = {}
     for name, value in zip(point.axes, point.values):
         overrides.update(AXES[name].overrides(value, cfg))
-    overrides["run.runs_dir"] = str(Path(runs_dir) / point.label)
     try:
-        return with_overrides(cfg, **{k.replace(".", "__"): v for k, v in overrides.items()})
+        changed = with_overrides(cfg, **{k.replace(".", "__"): v for k, v in overrides.items()})
     except ConfigError as e:
         raise ConfigError(f"ablation point {point.label}: {e}") from None
+    folder = DEFAULT if changed.to_dict() == cfg.to_dict() else f"{sweep_name}/{point.label}"
+    changed.run.runs_dir = str(Path(runs_dir) / folder)
+    return changed
+
+
+def budget(cfg: Config) -> Config:
+    """The base configuration of the ablations: the params with the ablations' training budget."""
+    return with_overrides(cfg, train__steps=cfg.ablations.train_steps)
 
 
 ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
-               "final_loss", "steps_per_second", "backbone", "weights", "feature_type", "resolution", "crf",
-               "config_hash", "run"]
+               "final_loss", "steps_per_second", "train_steps", "backbone", "weights", "feature_type", "resolution",
+               "crf", "config_hash", "run"]
 
 
 def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
@@ -187,29 +210,120 @@ def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
     return run_evaluate(cfg, "acseg", seed, progress=progress)
 
 
-def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: str, out_csv: str | Path,
-          progress: bool = True, echo: Callable[[str], None] = print) -> Path:
-    """Every point x seed, one MLflow parent run for the sweep (each run nested in it), rows to ``out_csv``."""
+def _worker_init(threads: int, datasets: list) -> None:
+    """A sweep worker: its share of the cores, and the parent's dataset registry (which may hold datasets
+    registered at run time)."""
+    import torch
+
+    from bench.datasets import register_dataset
+
+    torch.set_num_threads(threads)
+    for spec in datasets:
+        register_dataset(spec)
+
+
+def _run_task(task: tuple[Config, int]) -> dict:
+    cfg, seed = task
+    return run_point(cfg, seed, progress=False)
+
+
+def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: str | Path, out_csv: str | Path,
+          progress: bool = True, echo: Callable[[str], None] = print, jobs: int = 1,
+          name: str | None = None) -> Path:
+    """Every point x seed, one MLflow parent run for the sweep (each run nested in it), rows to ``out_csv``.
+
+    ``jobs`` > 1 trains that many points at once in worker processes, each with cores / jobs threads. The
+    feature caches every point needs are made first, in this process, so workers only read them; every
+    point x seed writes its own run folder, so no two workers write the same file.
+    """
     import pandas as pd
 
     from bench import tracking
+    from bench.runs import run_features
 
-    points = grid(axes)
-    configs = [point_config(cfg, p, runs_dir) for p in points]  # every point validated before anything runs
-    rows = []
-    with tracking.parent_run(cfg, f"ablate-{'+'.join(axes)}",
+    name = name or "+".join(axes)
+    points = grid(axes, cfg)
+    configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
+    with tracking.parent_run(cfg, f"ablate-{name}",
                              {"axes": json.dumps({k: [_text(v) for v in vs] for k, vs in axes.items()}),
-                              "seeds": ",".join(map(str, seeds)), "points": len(points)}):
-        for point, point_cfg in zip(points, configs):
-            for seed in seeds:
-                m = run_point(point_cfg, seed, progress)
-                rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
-                             "seed": seed, "run": str(Path(point_cfg.run.runs_dir) / "acseg" / f"seed{seed}"),
-                             **_training(point_cfg, seed)})
-                echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
+                              "seeds": ",".join(map(str, seeds)), "points": len(points)}) as parent_id:
+        for c in {_feature_key(c): c for c in configs}.values():
+            for split in sorted({c.data.train_split, c.data.cluster_split, c.data.eval_split}):
+                run_features(c, split, progress=progress)
+        for c in configs:
+            c.run.parent_run_id = parent_id
+        tasks = [(c, seed) for c in configs for seed in seeds]
+        labels = [f"{p.label} seed {seed}" for p in points for seed in seeds]
+        rows = []
+        for (point_cfg, seed), label, m in zip(tasks, labels, _map_tasks(tasks, jobs, progress)):
+            point = points[configs.index(point_cfg)]
+            rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
+                         "seed": seed, "train_steps": point_cfg.train.steps,
+                         "run": str(Path(point_cfg.run.runs_dir) / "acseg" / f"seed{seed}"),
+                         **_training(point_cfg, seed)})
+            echo(f"{label}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,
                                                  "final_loss": 4, "steps_per_second": 2})
     out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return out
+
+
+def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool):
+    """Results of every task, in order: in this process, or in ``jobs`` worker processes."""
+    if jobs <= 1 or len(tasks) <= 1:
+        yield from (run_point(c, seed, progress) for c, seed in tasks)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.datasets import get_spec
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    datasets = [get_spec(name) for name in {c.data.dataset for c, _ in tasks}]
+    context = multiprocessing.get_context("forkserver")  # clean workers: no forked torch threads or MLflow state
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, datasets)) as pool:
+        yield from pool.map(_run_task, tasks)
+
+
+def _feature_key(cfg: Config) -> str:
+    return cfg.hash("data", "backbone", "features")
+
+
+def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Callable[[str], None] = print,
+               jobs: int | None = None) -> list[Path]:
+    """The sweeps of the params' ``ablations.sweeps`` (all if ``names`` is empty), at the ablations' budget:
+    one CSV per sweep in ``ablations.csv_dir``."""
+    plan = cfg.ablations
+    unknown = [n for n in names if n not in plan.sweeps and n != DEFAULT]
+    if unknown:
+        raise ConfigError(f"unknown sweep(s) {unknown}; ablations.sweeps has {sorted(plan.sweeps)} (and "
+                          f"{DEFAULT!r}, the shared default point)")
+    base = budget(cfg)
+    outs = []
+    for name in names or [DEFAULT, *plan.sweeps]:
+        axes = parse_axes(plan.sweeps[name]) if name != DEFAULT else {"prototypes": [base.acseg.prototypes]}
+        outs.append(sweep(base, axes, cfg.run.seeds, plan.runs_dir, Path(plan.csv_dir) / f"{name}.csv", progress,
+                          echo, jobs or plan.jobs, name))
+    return outs
+
+
+def collect_ablations(cfg: Config) -> Path:
+    """Every sweep's CSV (not the default point's own) into ``ablations.out_csv``: one tidy row per run."""
+    import pandas as pd
+
+    plan = cfg.ablations
+    missing = [n for n in plan.sweeps if not (Path(plan.csv_dir) / f"{n}.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no results for sweep(s) {missing} in {plan.csv_dir}: run `acseg-bench ablate "
+                                f"--sweep NAME` (or `dvc repro`) first")
+    df = pd.concat([pd.read_csv(Path(plan.csv_dir) / f"{n}.csv") for n in plan.sweeps], ignore_index=True)
+    out = Path(plan.out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     df.to_csv(tmp, index=False)

@@ -45,6 +45,14 @@ def expected_meta(cfg: Config, split: str) -> dict:
     }
 
 
+def lock(path: Path):
+    """An inter-process lock for one cache entry (a ``.lock`` file beside it), held while it is computed."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.parent / f".{path.name}.lock"))
+
+
 def is_valid(path: Path, meta: dict, filename: str = "features.safetensors") -> bool:
     """A complete entry written for exactly this key."""
     try:

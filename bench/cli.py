@@ -179,28 +179,53 @@ def ablate(
     feature: AxisOpt = None, backbone: AxisOpt = None,
     classifier: Annotated[Optional[str], typer.Option(help="region_mean,region_mean_centred")] = None,
     classes: Annotated[Optional[str], typer.Option(help="K of the concept classifier, comma list.")] = None,
+    sweep_names: Annotated[Optional[str], typer.Option(
+        "--sweep", help="Run sweeps of params.yaml's ablations.sweeps by name (comma list; 'all': every one, "
+                        "as `dvc repro` does), at the ablations' budget ablations.train_steps.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma list of seeds.")] = "0,1,2",
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1,
+                                                help="Points trained at once (default: ablations.jobs).")] = None,
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where the points' run folders go.")] = "runs/ablations",
-    out: Annotated[Path, typer.Option("--out", help="Tidy CSV, one row per run.")] = Path("reports/ablations.csv"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Tidy CSV, one row per run "
+                                                "(default: <runs-dir>/<axes>.csv).")] = None,
     params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ):
     """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid,
-    every point x seed trained and evaluated on the cached features, one MLflow parent run with a nested run each.
+    every point x seed trained (ablations.train_steps steps) and evaluated on the cached features, one MLflow
+    parent run with a nested run each. Points already run with the same config are reused.
     """
-    from bench.ablate import parse_axes, sweep
+    from bench.ablate import budget, parse_axes, run_sweeps, sweep
     from bench.config import ConfigError
 
     cfg = _config(params, preset, set_, device)
     raw = {"prototypes": prototypes, "loss": loss, "depth": depth, "self_attention": self_attention,
            "feature": feature, "backbone": backbone, "classifier": classifier, "classes": classes}
+    if sweep_names is not None:
+        if any(raw.values()):
+            _fail("give either --sweep (sweeps from the params) or axes, not both")
+        names = [] if sweep_names == "all" else [n.strip() for n in sweep_names.split(",") if n.strip()]
+        for path in _guard(run_sweeps, cfg, names, progress=not quiet, echo=typer.echo, jobs=jobs):
+            typer.echo(str(path))
+        return
     try:
         axes = parse_axes(raw)
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except (ConfigError, ValueError) as e:
         _fail(f"{e}")
-    path = _guard(sweep, cfg, axes, seed_list, runs_dir, out, progress=not quiet, echo=typer.echo)
+    name = "+".join(axes)
+    path = _guard(sweep, _guard(budget, cfg), axes, seed_list, runs_dir, out or Path(runs_dir) / f"{name}.csv",
+                  progress=not quiet, echo=typer.echo, jobs=jobs or cfg.ablations.jobs, name=name)
     typer.echo(f"{len(seed_list)} seeds x {len(axes)} axes -> {path}")
+
+
+@app.command()
+def ablations(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
+    """Collect every sweep of ablations.sweeps into reports/ablations.csv (one tidy row per run)."""
+    from bench.ablate import collect_ablations
+
+    cfg = _config(params, preset, set_)
+    typer.echo(str(_guard(collect_ablations, cfg)))
 
 
 @app.command()
@@ -253,6 +278,51 @@ def repro(
     except RuntimeError as e:
         _fail(str(e))
     typer.echo(f"done: results in {cfg.run.results_csv}, runs in {cfg.run.runs_dir}/")
+
+
+@app.command()
+def perf(
+    images: Annotated[int, typer.Option("--images", help="Images for the feature, concept-step, clustering and "
+                                        "evaluation-speed measures.")] = 24,
+    memory_images: Annotated[int, typer.Option("--memory-images", help="N of the peak-memory measure (N and 2N "
+                                               "training images, each evaluated in a fresh process).")] = 150,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps (ACSeg and STEGO).")] = 20,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Training steps before timing.")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Feature extraction: best of this many rounds.")] = 2,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", help="Fast measures (concept step, evaluation "
+                                               "without CRF) repeat until this long.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: torch's default).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder of performance.csv and performance.md.")] = Path("reports"),
+    repro_timing: Annotated[Path, typer.Option("--repro-timing", help="dvc repro timings to copy in (written by "
+                                               "pipelines/time_repro.sh), if present.")] = Path("reports/repro_timing.json"),
+    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Speed and memory on the cached features and images: feature pipeline vs bare timm, concept step vs per-image
+    k-means and spectral clustering, training steps/s, evaluation images/s (with and without CRF), peak memory."""
+    import shlex
+
+    import torch
+
+    from bench.features import resolve_device
+    from bench.perf import machine, run_suite, write_report
+
+    cfg = _config(params, preset, set_, device)
+    if threads:
+        torch.set_num_threads(threads)
+    rows = _guard(run_suite, cfg, images=images, memory_images=memory_images, steps=steps, warmup_steps=warmup_steps,
+                  repeats=repeats, min_seconds=min_seconds, progress=not quiet, repro_timing=repro_timing)
+    argv = ["acseg-bench", "perf", "--images", str(images), "--memory-images", str(memory_images), "--steps",
+            str(steps), "--warmup-steps", str(warmup_steps), "--repeats", str(repeats), "--min-seconds", f"{min_seconds:g}"]
+    argv += (["--threads", str(threads)] if threads else []) + (["--device", device] if device else [])
+    argv += (["--params", str(params)] if str(params) != "params.yaml" else []) + (["--preset", preset] if preset else [])
+    argv += (["--out", str(out)] if out != Path("reports") else [])
+    for s in set_ or []:
+        argv += ["--set", s]
+    csv_path, md_path = write_report(rows, out, shlex.join(argv), machine(resolve_device(cfg.run.device)))
+    for r in rows:
+        typer.echo(f"{r.measure}: {r.value:.4g} {r.unit}")
+    typer.echo(f"-> {csv_path}, {md_path}")
 
 
 @app.command()

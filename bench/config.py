@@ -42,6 +42,11 @@ class ConfigError(ValueError):
 WHEN_SET = {"identity": "when_set"}
 
 
+# Options that change how fast a result is made, never the result (worker counts), and the ablation plan: not
+# part of any configuration's identity.
+NOT_IDENTITY = {"identity": "never"}
+
+
 def added(default: Any) -> Any:
     """A dataclass field for an option added later (see WHEN_SET)."""
     return field(default=default, metadata=WHEN_SET)
@@ -160,6 +165,7 @@ class CRFConfig(CRFParams):
     scores become the CRF's unary."""
 
     alpha: float = 2.0  # unary = softmax(alpha * scores); STEGO's cluster-probe scale for cosine scores
+    workers: int = field(default=0, metadata=NOT_IDENTITY)  # CRF processes (0: one per CPU core); results do not depend on it
 
 
 @dataclass
@@ -170,6 +176,21 @@ class RunConfig:
     results_csv: str = "reports/results.csv"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "acseg-bench"
+    parent_run_id: str | None = field(default=None, metadata=NOT_IDENTITY)  # set by sweeps: runs nest under it
+
+
+@dataclass
+class AblationConfig:
+    """The ablation sweeps `dvc repro` runs (stage ablate@<name>): each maps axes (bench/ablate.py: AXES) to comma
+    lists; several axes in one sweep = their grid. Every point shares one default point (the params above,
+    trained for ``train_steps``) in ``runs_dir``/default."""
+
+    sweeps: dict[str, dict[str, str]] = field(default_factory=dict)
+    train_steps: int = 100  # the ablations' training budget (every point, the default included)
+    jobs: int = 1  # points trained at once (each with cores / jobs threads)
+    runs_dir: str = "runs/ablations"
+    csv_dir: str = "reports/ablations"  # one CSV per sweep
+    out_csv: str = "reports/ablations.csv"  # every sweep's rows
 
 
 @dataclass
@@ -184,6 +205,7 @@ class Config:
     stego: StegoConfig = field(default_factory=StegoConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ablations: AblationConfig = field(default_factory=AblationConfig, metadata=NOT_IDENTITY)  # a plan, not a run
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration's identity: every option, except later additions left at their default (WHEN_SET)."""
@@ -206,6 +228,8 @@ def _identity(obj: Any) -> Any:
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
+        if f.metadata.get("identity") == "never":
+            continue
         if f.metadata.get("identity") == "when_set":
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if value == default:
@@ -243,6 +267,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A few-second configuration for smoke tests and CI.
     "tiny": {
+        "ablations.sweeps": {"loss": {"loss": "soft_modularity"}, "feature": {"feature": "keys"}},
+        "ablations.train_steps": 5,
+        "ablations.jobs": 1,
         "acseg.depth": 1,
         "acseg.width": 32,
         "acseg.heads": 2,
@@ -306,6 +333,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        def item(v: Any) -> Any:  # a YAML list where a comma list (a string) is expected
+            return ",".join(map(str, v)) if args[1] is str and isinstance(v, (list, tuple)) else v
+
+        return {_coerce(k, args[0], name): _coerce(item(v), args[1], f"{name}.{k}") for k, v in value.items()}
     if hint is str:
         if value is None:
             raise ConfigError(f"{name}: expected a string, got null")
@@ -421,6 +455,9 @@ def validate(cfg: Config) -> None:
     need(cfg.stego.log_every >= 1, "stego.log_every", "must be >= 1")
     need(cfg.crf.iterations >= 1, "crf.iterations", "must be >= 1")
     need(cfg.crf.alpha > 0, "crf.alpha", "must be positive")
+    need(cfg.ablations.train_steps >= 1, "ablations.train_steps", "must be >= 1")
+    need(cfg.ablations.jobs >= 1, "ablations.jobs", "must be >= 1")
+    need(cfg.crf.workers >= 0, "crf.workers", "must be >= 0 (0: one process per CPU core)")
     need(cfg.classifier.background in BACKGROUND_SPLITS, "classifier.background", f"must be one of {BACKGROUND_SPLITS}")
     from bench.datasets import DATASETS
 

@@ -12,8 +12,12 @@ Labels come decoded from ``read_label(name)``, images (for the CRF) from ``read_
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,8 +35,9 @@ class Prediction:
     segment_clusters: torch.Tensor | None = None  # [B, S] cluster of each segment, -1 = unused; None: identity
 
     def clusters(self, crf: CRFParams | None = None, images: list[np.ndarray] | None = None,
-                 alpha: float = 1.0) -> torch.Tensor:
-        """Cluster id per pixel [B, H, W]: argmax of the scores, after a dense CRF if ``crf`` is given."""
+                 alpha: float = 1.0, map_fn: Callable = map) -> torch.Tensor:
+        """Cluster id per pixel [B, H, W]: argmax of the scores, after a dense CRF if ``crf`` is given
+        (``map_fn``: how the images of the batch are mapped through it, e.g. a process pool's map)."""
         scores = self.scores
         if self.segment_clusters is not None:  # a segment without a cluster can never win a pixel
             scores = scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
@@ -40,13 +45,33 @@ class Prediction:
             segments = scores.argmax(1)
         else:
             probs = torch.softmax(alpha * scores.float(), dim=1).cpu()
-            refined = torch.stack([dense_crf(image, p, crf) for image, p in zip(images, probs)])
+            refined = torch.stack([torch.from_numpy(q) for q in map_fn(
+                _refine, images, probs.numpy(), [crf] * len(images))])
             if self.segment_clusters is not None:
                 refined = refined.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
             segments = refined.argmax(1).to(scores.device)
         if self.segment_clusters is None:
             return segments
         return torch.gather(self.segment_clusters, 1, segments.flatten(1)).reshape(segments.shape)
+
+
+def _refine(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+    """One image through the dense CRF (module level, so worker processes can run it)."""
+    return dense_crf(image, torch.from_numpy(probs), params).numpy()
+
+
+@contextlib.contextmanager
+def crf_pool(workers: int) -> Iterator[Callable]:
+    """A map over images for the CRF: in ``workers`` processes (0: one per CPU core), or in this one.
+
+    pydensecrf holds the GIL, so threads would not help. Workers start from a clean forkserver (no forked
+    torch threads), get one image at a time and are shut down when the evaluation ends, even on an error."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1:
+        yield map
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool.map
 
 
 Predict = Callable[[torch.Tensor, tuple[int, int], torch.Tensor], Prediction]
@@ -72,15 +97,16 @@ def evaluate(
     crf: CRFParams | None = None,
     read_image: Callable[[str], np.ndarray] | None = None,
     crf_alpha: float = 1.0,
+    crf_workers: int = 1,
 ) -> Evaluation:
     """``crf`` (with ``read_image``: name -> RGB uint8): dense-CRF post-processing, unary =
-    softmax(crf_alpha * scores), on each image at its label's resolution."""
+    softmax(crf_alpha * scores), on each image at its label's resolution, in ``crf_workers`` processes."""
     if crf is not None and read_image is None:
         raise ValueError("a CRF needs the images: pass read_image")
     acc = ConfusionAccumulator(n_clusters, spec.n_classes, spec.ignore_index)
     n = len(feats.names)
     desc = "evaluate + CRF" if crf is not None else "evaluate"
-    with torch.no_grad():
+    with torch.no_grad(), crf_pool(crf_workers if crf is not None else 1) as map_fn:
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
             labels = [torch.from_numpy(read_label(name)) for name in feats.names[start : start + batch_size]]
             for first, last in _equal_size_runs(labels):  # images with labels of one size are predicted together
@@ -90,7 +116,7 @@ def evaluate(
                 size = tuple(label.shape[1:])
                 prediction = predict(feats.features[batch].to(device), size, feats.cls_attention[batch].to(device))
                 images = [_image_at(read_image(name), size) for name in names] if crf is not None else None
-                clusters = prediction.clusters(crf, images, crf_alpha)
+                clusters = prediction.clusters(crf, images, crf_alpha, map_fn)
                 acc.update(clusters, label)
                 if on_batch is not None:
                     on_batch(names, clusters.cpu(), label)

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from bench import cache
-from bench.config import Config
+from bench.config import Config, with_overrides
 from bench.data import SegmentationSplit, get_spec, locate
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,22 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
-    """The cache entry for (cfg, split): reused if valid, computed and atomically written if not."""
+    """The cache entry for (cfg, split): reused if valid, computed and atomically written if not.
+
+    One forward pass yields every feature type (tokens and keys), so the pass writes every type's entry that is
+    missing: an ablation over feature types costs one extraction, not one per type."""
     path = cache.cache_dir(cfg, split)
-    meta = cache.expected_meta(cfg, split)
-    if cache.is_valid(path, meta):
+    if cache.is_valid(path, cache.expected_meta(cfg, split)):
         log.info("feature cache hit: %s", path)
         return path
-    from acseg.features import ViTFeatures
+    with cache.lock(path):  # two processes asking for one entry: one computes it, the other then reads it
+        if cache.is_valid(path, cache.expected_meta(cfg, split)):
+            return path
+        return _extract(cfg, split, path, progress)
+
+
+def _extract(cfg: Config, split: str, path: Path, progress: bool) -> Path:
+    from acseg.features import FEATURE_TYPES, ViTFeatures
     from bench.backbones import get_backbone_spec, load_backbone
 
     spec = get_spec(cfg.data.dataset)
@@ -52,23 +61,34 @@ def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
     if h % patch or w % patch:
         raise ValueError(f"invalid parameter features.height/width={h}x{w}: must be multiples of the "
                          f"patch size {patch} of {cfg.backbone.name}")
+    types = [t for t in FEATURE_TYPES if t == cfg.features.type or not cache.is_valid(
+        *_entry(with_overrides(cfg, features__type=t), split))]
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
     dataset = SegmentationSplit(spec, root, split, size=(h, w), with_labels=False)
     device = resolve_device(cfg.run.device)
     vit, checksum = load_backbone(cfg.backbone)
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.features.batch_size, shuffle=False, num_workers=0)
-    feats, attns = [], []
+    feats: dict[str, list[torch.Tensor]] = {t: [] for t in types}
+    attns = []
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
         for images, _, _ in tqdm(loader, desc=f"features {cfg.data.dataset}/{split}", disable=not progress,
                                  unit="batch"):
             out = extractor(images.to(device, non_blocking=True))
-            feats.append(out["features"].half().cpu())
+            for t in types:
+                feats[t].append(out[t].half().cpu())
             attns.append(out["cls_attention"].half().cpu())
-    meta = {**meta, "weights_sha256": checksum, "names": dataset.names}
-    cache.write_entry(path, {"features": torch.cat(feats), "cls_attention": torch.cat(attns)}, meta)
+    cls_attention = torch.cat(attns)
+    for t in types:
+        entry, meta = _entry(with_overrides(cfg, features__type=t), split)
+        cache.write_entry(entry, {"features": torch.cat(feats[t]), "cls_attention": cls_attention},
+                          {**meta, "weights_sha256": checksum, "names": dataset.names})
     return path
+
+
+def _entry(cfg: Config, split: str) -> tuple[Path, dict]:
+    return cache.cache_dir(cfg, split), cache.expected_meta(cfg, split)
 
 
 def load_features(cfg: Config, split: str) -> CachedFeatures:

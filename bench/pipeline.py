@@ -2,7 +2,7 @@
 
 ``dvc repro`` reads ``params.yaml`` only. To run the very same stages for another configuration (the paper's
 settings in ``params/paper_*.yaml``, a test fixture), this expands dvc.yaml the way DVC does (``foreach`` over a
-list or over a parameter such as ``${run.seeds}``, ``matrix`` grids with ``${item.axis}``, ``${item}`` and
+list, a mapping (``${key}``) or a parameter such as ``${run.seeds}``, ``matrix`` grids with ``${item.axis}``, ``${item}`` and
 ``${section.field}`` in commands) and runs each
 stage's command with ``--params FILE [--preset NAME] [--set k=v ...]`` appended. Every stage runs (there is no
 DVC-style skipping); the feature cache still computes each split's features only once.
@@ -33,7 +33,9 @@ class StageCommand:
     argv: list[str]  # the arguments after `acseg-bench`
 
 
-def _lookup(key: str, values: dict[str, Any], item: Any) -> Any:
+def _lookup(key: str, values: dict[str, Any], item: Any, item_key: str | None = None) -> Any:
+    if key == "key" and item_key is not None:  # foreach over a mapping: ${key} and ${item}
+        return item_key
     if key == "item":
         return item
     if key.startswith("item.") and isinstance(item, dict):  # a matrix point: ${item.method}
@@ -46,11 +48,11 @@ def _lookup(key: str, values: dict[str, Any], item: Any) -> Any:
     return node
 
 
-def _interpolate(text: str, values: dict[str, Any], item: Any = None) -> Any:
+def _interpolate(text: str, values: dict[str, Any], item: Any = None, item_key: str | None = None) -> Any:
     whole = _VAR.fullmatch(text.strip())
     if whole:  # a lone ${...} keeps its type (foreach: ${run.seeds} is a list)
-        return _lookup(whole.group(1), values, item)
-    return _VAR.sub(lambda m: str(_lookup(m.group(1), values, item)), text)
+        return _lookup(whole.group(1), values, item, item_key)
+    return _VAR.sub(lambda m: str(_lookup(m.group(1), values, item, item_key)), text)
 
 
 def stage_commands(dvc_yaml: str | Path, cfg: Config, extra_args: list[str]) -> list[StageCommand]:
@@ -61,15 +63,17 @@ def stage_commands(dvc_yaml: str | Path, cfg: Config, extra_args: list[str]) -> 
         if "foreach" in stage:
             items = stage["foreach"]
             items = _interpolate(items, values) if isinstance(items, str) else items
-            expanded = [(f"{name}@{item}", stage["do"]["cmd"], item) for item in items]
+            pairs = items.items() if isinstance(items, dict) else ((None, item) for item in items)
+            expanded = [(f"{name}@{key if key is not None else item}", stage["do"]["cmd"], item, key)
+                        for key, item in pairs]
         elif "matrix" in stage:  # the grid of the listed axes, named like DVC: crf@acseg-0
             axes = {k: _interpolate(v, values) if isinstance(v, str) else v for k, v in stage["matrix"].items()}
             points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-            expanded = [(f"{name}@{'-'.join(str(v) for v in p.values())}", stage["cmd"], p) for p in points]
+            expanded = [(f"{name}@{'-'.join(str(v) for v in p.values())}", stage["cmd"], p, None) for p in points]
         else:
-            expanded = [(name, stage["cmd"], None)]
-        for label, cmd, item in expanded:
-            argv = shlex.split(_interpolate(cmd, values, item))
+            expanded = [(name, stage["cmd"], None, None)]
+        for label, cmd, item, key in expanded:
+            argv = shlex.split(_interpolate(cmd, values, item, key))
             if not argv or argv[0] != "acseg-bench":
                 raise ValueError(f"stage {label} of {dvc_yaml} does not call acseg-bench: {cmd!r}")
             commands.append(StageCommand(label, argv[1:] + extra_args))

@@ -16,6 +16,7 @@ import pandas as pd
 
 METHOD_NAMES = {"acseg": "ACSeg", "kmeans": "DINO k-means (floor)", "stego": "STEGO"}
 AXIS_TITLES = {"prototypes": "number of prototypes k", "loss": "loss", "depth": "ACG depth N",
+               "depth+self_attention": "ACG depth N + prototype self-attention",
                "self_attention": "prototype self-attention", "feature": "backbone features",
                "backbone": "backbone", "classifier": "concept classifier", "classes": "classifier K"}
 
@@ -37,6 +38,10 @@ class ReportInputs:
     config_hash: str = ""
     git_commit: str = ""
     notes: list[str] = field(default_factory=list)
+    # method -> [(image name, RGB, ground truth, matched prediction)] for the same first evaluation images
+    examples: dict[str, list] = field(default_factory=dict)
+    examples_seed: int = 0
+    ignore_index: int = 255
 
 
 def mean_std(values: pd.Series) -> str:
@@ -155,6 +160,37 @@ def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
                  "concepts used per image (ACSeg's adaptive count)", "images")
 
 
+def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_index: int) -> Path | None:
+    """Image / ground truth / each method's matched prediction, one row per fixed evaluation image."""
+    if not examples:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.figures import colorize
+
+    methods = list(examples)
+    first = examples[methods[0]]
+    n = min(len(rows) for rows in examples.values())
+    cols = 2 + len(methods)
+    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.1 * n + 0.4), squeeze=False)
+    for r in range(n):
+        name, image, truth, _ = first[r]
+        panels = [(image, name), (colorize(truth, ignore_index), "ground truth")]
+        panels += [(colorize(examples[m][r][3]), METHOD_NAMES.get(m, m)) for m in methods]
+        for c, (panel, title) in enumerate(panels):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_title(title, fontsize=9)
+            axes[r, c].axis("off")
+    fig.suptitle(f"Fixed evaluation images, seed {seed}, no CRF (predictions matched to classes)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ markdown
 
 
@@ -191,6 +227,9 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     per_class = figure_per_class(r, figures / "per_class_iou.png")
     if per_class:
         lines += [f"![per-class IoU](figures/{per_class.name})", ""]
+    grid = figure_qualitative(inputs.examples, figures / "qualitative.png", inputs.examples_seed, inputs.ignore_index)
+    if grid:
+        lines += ["## Qualitative comparison", "", f"![qualitative comparison](figures/{grid.name})", ""]
     if inputs.ablations is not None and not inputs.ablations.empty:
         lines += ["## Ablations (ACSeg)", ""]
         for axis, table in axis_tables(inputs.ablations).items():

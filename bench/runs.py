@@ -196,15 +196,33 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
 
         return predict, saved["weights_sha256"], extra
     if method == "kmeans":
-        from bench.baselines import fit_kmeans_baseline
-
-        fit = load_features(cfg, cfg.data.cluster_split)
-        model = fit_kmeans_baseline(cfg, fit, n_clusters(cfg, "kmeans"), seed).to(device)
-        return (lambda f, s, a: Prediction(model(f, s))), fit.meta["weights_sha256"], lambda: ({}, None)
+        model, sha = fitted_kmeans(cfg, seed)
+        model = model.to(device)
+        return (lambda f, s, a: Prediction(model(f, s))), sha, lambda: ({}, None)
     if method == "stego":
         model, saved = load_stego(cfg, seed, device)
         return (lambda f, s, a: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def fitted_kmeans(cfg: Config, seed: int):
+    """The k-means baseline of a seed: fitted once (by its evaluation) and saved as the run's model.pt, then
+    reused by its CRF row; a saved fit of other data, features or k-means settings is fitted again."""
+    from bench.baselines import KMeansSegmenter, fit_kmeans_baseline
+
+    path = run_dir(cfg, "kmeans", seed) / "model.pt"
+    fit_key = cfg.hash("data", "backbone", "features", "kmeans")
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("fit_key") == fit_key:
+            state = saved["state_dict"]
+            model = KMeansSegmenter(state["centroids"], state["feature_mean"], cfg.kmeans.cosine)
+            return model, saved["weights_sha256"]
+    fit = load_features(cfg, cfg.data.cluster_split)
+    model = fit_kmeans_baseline(cfg, fit, n_clusters(cfg, "kmeans"), seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, cfg, model, {"fit_key": fit_key, "weights_sha256": fit.meta["weights_sha256"]})
+    return model, fit.meta["weights_sha256"]
 
 
 def overcluster_k(cfg: Config, method: str) -> int:
@@ -259,7 +277,7 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
 
     ev = evaluate(predict, feats, spec, dataset.read_label, n_clusters(cfg, method), device,
                   progress=progress, on_batch=keep_first, crf=cfg.crf if crf else None,
-                  read_image=dataset.read_image, crf_alpha=cfg.crf.alpha)
+                  read_image=dataset.read_image, crf_alpha=cfg.crf.alpha, crf_workers=cfg.crf.workers)
     extra_metrics, concept_counts = extra()
     overcluster = {}
     if overcluster_k(cfg, method) and not crf:  # a separate metric: K' > classes, majority (many-to-one) matching
@@ -285,6 +303,8 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
                               f"{method}{' + CRF' if crf else ''} seed {seed}, {spec.title} {split}",
                               spec.ignore_index)
     np.savetxt(out / "confusion.csv", ev.confusion, fmt="%d", delimiter=",")
+    if rows:
+        save_examples(out / "examples.npz", rows)
     if concept_counts is not None and not crf:  # the counts do not depend on the CRF
         (out / "concepts_per_image.csv").write_text(
             "image,concepts\n" + "".join(f"{n},{int(c)}" + "\n" for n, c in zip(feats.names, concept_counts)))
@@ -308,6 +328,24 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
         artifacts=[figure, out / "metrics.json", out / "confusion.csv"],
     )
     return metrics
+
+
+def save_examples(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """The first evaluation images (fixed by the split's order) with their ground truth and matched prediction,
+    so the report can set methods side by side without recomputing anything. Sizes may differ per image."""
+    arrays = {"names": np.array([r[0] for r in rows])}
+    for i, (_, image, truth, pred) in enumerate(rows):
+        arrays.update({f"image_{i}": (image * 255).round().astype(np.uint8), f"label_{i}": truth,
+                       f"prediction_{i}": pred})
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_examples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    with np.load(path) as z:
+        return [(name, z[f"image_{i}"], z[f"label_{i}"], z[f"prediction_{i}"])
+                for i, name in enumerate(z["names"].tolist())]
 
 
 def tracking_label(cfg: Config) -> str:
@@ -348,7 +386,8 @@ def collect_results(cfg: Config) -> Path:
 
     base = Path(cfg.run.runs_dir)
     rows = []
-    for path in sorted(base.rglob("metrics.json")):
+    found = sorted(p for method in METHODS for p in (base / method).rglob("metrics.json"))  # not the ablations
+    for path in found:
         row = {**json.loads(path.read_text()), "run": str(path.parent.relative_to(base))}
         folder = path.parent.parent if path.parent.name == "crf" else path.parent
         trained = folder / "train_summary.json"  # trained methods: training speed and final loss
@@ -397,9 +436,18 @@ def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Pa
     concepts = pd.concat([pd.read_csv(f).assign(seed=int(f.parent.name[len("seed"):])) for f in files]) if files else None
     results = pd.read_csv(results_csv)
     st = cfg.stego
-    notes = [f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
-             f"{st.w_self}/{st.w_knn}/{st.w_rand}, shifts {st.shift_self}/{st.shift_knn}/{st.shift_rand} "
-             f"(`stego` in the params), last step kept; no setting of it was chosen with labels"]
+    notes = [f"ACSeg: trained for {cfg.train.steps} steps (main table)"
+             + (f"; every ablation point for {cfg.ablations.train_steps} steps (`ablations.train_steps`), its "
+                "default point included, so an ablation table compares like with like"
+                if ablation_table is not None else "")]
+    if "stego" in set(results.method):
+        notes.append(f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
+                     f"{st.w_self}/{st.w_knn}/{st.w_rand}, shifts {st.shift_self}/{st.shift_knn}/{st.shift_rand} "
+                     f"(`stego` in the params), last step kept; no setting of it was chosen with labels")
+    seed = cfg.run.seeds[0]
+    examples = {m: load_examples(p) for m in ("kmeans", "stego", "acseg")
+                if (p := run_dir(cfg, m, seed) / "examples.npz").is_file()}
     inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
-                          git_commit=tracking.git_commit(), notes=notes if "stego" in set(results.method) else [])
+                          git_commit=tracking.git_commit(), notes=notes, examples=examples, examples_seed=seed,
+                          ignore_index=get_spec(cfg.data.dataset).ignore_index)
     return build_report(inputs, out)

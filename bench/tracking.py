@@ -56,7 +56,10 @@ def log_run(
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)
         mlflow.set_experiment(cfg.run.experiment)
-        with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+        nested = mlflow.active_run() is not None
+        if not nested and cfg.run.parent_run_id:  # a sweep's worker process: nest under the sweep's run
+            tags = {**tags, "mlflow.parentRunId": cfg.run.parent_run_id}
+        with mlflow.start_run(run_name=run_name, nested=nested) as run:
             mlflow.set_tags(tags)
             flat = {k: ("null" if v is None else v) for k, v in (params or cfg.flat()).items()}
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})

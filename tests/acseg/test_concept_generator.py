@@ -37,3 +37,28 @@ def test_assignment_and_adaptive_count():
     a = hard_assignment(s)
     assert a.tolist() == [[0, 0, 1]]
     assert concepts_per_image(a, 3).tolist() == [2]  # the third prototype wins no pixel and vanishes
+
+
+def test_cross_attention_in_pixel_space_is_multihead_attention():
+    """Folding the key/value projections into the queries changes the cost, not the function: the same
+    parameters (names, shapes, seeded initialisation) give nn.MultiheadAttention's outputs and gradients."""
+    from torch import nn
+
+    from acseg.concept_generator import CrossAttention
+
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(32, 4, batch_first=True)
+    torch.manual_seed(0)
+    ours = CrossAttention(32, 4)
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in reference.state_dict().items())
+    with torch.no_grad():  # non-zero biases, so the bias terms are checked too
+        reference.in_proj_bias.normal_()
+        reference.out_proj.bias.normal_()
+    ours.load_state_dict(reference.state_dict())
+    queries, pixels = torch.randn(3, 5, 32), torch.randn(3, 70, 32, requires_grad=True)
+    expected = reference(queries, pixels, pixels, need_weights=False)[0]
+    got = ours(queries, pixels)
+    assert torch.allclose(got, expected, atol=1e-5)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), pixels)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), pixels)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-4)

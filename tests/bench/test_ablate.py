@@ -44,12 +44,34 @@ def test_bad_values_are_clear_errors(raw, message):
 def test_point_configs_change_exactly_their_parameters():
     cfg = load_config(None, environment={})
     (random_point,) = grid(parse_axes({"backbone": "random"}))
-    changed = point_config(cfg, random_point, "runs/ablations")
+    changed = point_config(cfg, random_point, "runs/ablations", "backbone")
     assert changed.backbone.weights == "random" and changed.backbone.name == cfg.backbone.name
-    assert changed.run.runs_dir == "runs/ablations/backbone=random"
+    assert changed.run.runs_dir == "runs/ablations/backbone/backbone=random"
     (k1,) = grid(parse_axes({"prototypes": "1"}))
     with pytest.raises(ConfigError, match="ablation point prototypes=1: invalid parameter acseg.prototypes=1"):
-        point_config(cfg, k1, "runs/ablations")
+        point_config(cfg, k1, "runs/ablations", "prototypes")
+
+
+def test_every_sweep_includes_the_shared_default_point():
+    cfg = load_config(None, environment={})
+    points = grid(parse_axes({"backbone": "random"}), cfg)
+    assert [p.value for p in points] == [cfg.backbone.name, "random"]  # the reference row comes first
+    assert len(grid(parse_axes({"prototypes": f"2,{cfg.acseg.prototypes}"}), cfg)) == 2  # already there
+    folders = {point_config(cfg, p, "runs/ablations", "x").run.runs_dir for p in
+               [points[0], *grid(parse_axes({"loss": cfg.acseg.loss, "depth": str(cfg.acseg.depth)}))]}
+    assert folders == {"runs/ablations/default"}  # one folder for the default, whichever sweep reaches it
+
+
+def test_sweeps_come_from_the_params_and_unknown_names_are_clear_errors(tmp_path):
+    from bench.ablate import run_sweeps
+
+    params = tmp_path / "params.yaml"
+    params.write_text("ablations:\n  sweeps:\n    depth:\n      depth: [1, 3]\n      self_attention: ['on', 'off']\n")
+    cfg = load_config(params, environment={})
+    assert grid(parse_axes(cfg.ablations.sweeps["depth"]))[1].label == "depth=1,self_attention=off"
+    with pytest.raises(ConfigError, match="unknown sweep"):
+        run_sweeps(cfg, ["nope"])
+    assert cfg.hash() == load_config(None, environment={}).hash()  # the plan is not part of any run's identity
     assert set(AXES) >= {"prototypes", "loss", "depth", "self_attention", "feature", "backbone", "classifier"}
 
 
@@ -61,12 +83,13 @@ def test_unknown_loss_via_cli_is_one_clear_line():
 def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypatch):  # noqa: F811
     invoke("fetch")
     invoke("features", "--quiet")
-    out = invoke("ablate", "--prototypes", "2,3", "--seeds", "0,1", "--quiet")
+    out = invoke("ablate", "--prototypes", "2,3", "--seeds", "0,1", "--quiet", "--out", "reports/ablations.csv")
     assert "prototypes=3 seed 1: mIoU" in out
     df = pd.read_csv(workdir / "reports/ablations.csv")
     assert {"dataset", "split", "axis", "value", "seed", "miou", "acc"} <= set(df.columns)
-    assert len(df) == 4 and set(df.axis) == {"prototypes"} and sorted(set(df.value)) == [2, 3]
+    assert len(df) == 6 and set(df.axis) == {"prototypes"} and sorted(set(df.value)) == [2, 3, 4]  # 4: default
     assert df.miou.between(0, 100).all() and (df.split == "val").all()
+    assert (df.train_steps == load_config("params.yaml").ablations.train_steps).all()
 
     import mlflow
 
@@ -74,7 +97,7 @@ def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypa
     runs = mlflow.search_runs(experiment_names=["acseg-bench"])
     (parent,) = runs[runs["tags.kind"] == "sweep"]["run_id"]
     nested = runs[runs["tags.mlflow.parentRunId"] == parent]
-    assert len(nested) == 8  # train + evaluate for 2 points x 2 seeds
+    assert len(nested) == 12  # train + evaluate for 3 points x 2 seeds
 
     import bench.runs
 
@@ -83,4 +106,53 @@ def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypa
 
     monkeypatch.setattr(bench.runs, "run_train", fail)
     invoke("ablate", "--prototypes", "3", "--seeds", "1", "--quiet", "--out", "reports/again.csv")
-    assert pd.read_csv(workdir / "reports/again.csv").miou.tolist() == df[(df.value == 3) & (df.seed == 1)].miou.tolist()
+    again = pd.read_csv(workdir / "reports/again.csv")
+    assert again.miou.tolist() == df[df.value.isin([4, 3]) & (df.seed == 1)].miou.tolist()
+
+
+def test_two_workers_share_one_feature_cache_and_give_the_serial_numbers(workdir, monkeypatch):  # noqa: F811
+    invoke("fetch")
+    invoke("features", "--quiet")
+    serial = invoke("ablate", "--prototypes", "2,3", "--seeds", "0", "--quiet", "--runs-dir", "runs/serial")
+    import bench.features
+
+    def no_extraction(*a, **k):
+        raise AssertionError("a worker computed features")
+
+    monkeypatch.setattr(bench.features, "_extract", no_extraction)  # every cache exists: nobody extracts
+    parallel = invoke("ablate", "--prototypes", "2,3", "--seeds", "0", "--quiet", "--runs-dir", "runs/parallel",
+                      "--jobs", "2")
+    a = pd.read_csv(workdir / "runs/serial/prototypes.csv")
+    b = pd.read_csv(workdir / "runs/parallel/prototypes.csv")
+    assert len(a) == 3 and a[["value", "miou", "acc"]].equals(b[["value", "miou", "acc"]])
+    assert serial.count("mIoU") == parallel.count("mIoU") == 3
+
+
+def _ensure_in_child(params: str, cache_dir: str, spec, split: str) -> int:
+    """In a fresh process: ensure a split's features; 1 if this process extracted them, else 0."""
+    import bench.features as f
+    from bench.config import load_config
+    from bench.datasets import register_dataset
+
+    register_dataset(spec)
+    extracted = []
+    original = f._extract
+    f._extract = lambda *a, **k: extracted.append(1) or original(*a, **k)
+    f.ensure_features(load_config(params, {"features.cache_dir": cache_dir}), split, progress=False)
+    return len(extracted)
+
+
+def test_two_processes_asking_for_one_cache_entry_compute_it_once(workdir):  # noqa: F811
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench import cache
+    from bench.datasets import get_spec
+
+    invoke("fetch")
+    cfg = load_config("params.yaml", {"features.cache_dir": str(workdir / "fresh-cache")})
+    args = [str(workdir / "params.yaml"), cfg.features.cache_dir, get_spec(cfg.data.dataset), "val"]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        counts = list(pool.map(_ensure_in_child, *[[a, a] for a in args]))
+    assert sorted(counts) == [0, 1]  # one extracted, the other waited on the lock and read the entry
+    assert cache.is_valid(cache.cache_dir(cfg, "val"), cache.expected_meta(cfg, "val"))

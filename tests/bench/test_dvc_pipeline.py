@@ -28,9 +28,15 @@ def test_feature_cache_path_in_dvc_yaml_matches_python():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg = load_config(ROOT / "params.yaml", environment={})
-    (template,) = [next(iter(o)) if isinstance(o, dict) else o for o in stages["features"]["do"]["outs"]]
-    for split in stages["features"]["foreach"]:
-        assert interpolate(template, params, split) == str(cache_dir(cfg, split))
+    from acseg.features import FEATURE_TYPES
+    from bench.config import with_overrides
+
+    for stage, weights in (("features", {}), ("features-random", {"backbone__weights": "random"})):
+        templates = [next(iter(o)) if isinstance(o, dict) else o for o in stages[stage]["do"]["outs"]]
+        assert len(templates) == len(FEATURE_TYPES)  # one pass caches every feature type
+        for split in stages[stage]["foreach"]:
+            expected = {str(cache_dir(with_overrides(cfg, features__type=t, **weights), split)) for t in FEATURE_TYPES}
+            assert {interpolate(t, params, split) for t in templates} == expected
 
 
 def test_knn_table_path_in_dvc_yaml_matches_python():
@@ -46,8 +52,9 @@ def test_knn_table_path_in_dvc_yaml_matches_python():
 
 def test_every_stage_calls_the_cli_and_declares_metrics():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"fetch", "features", "train", "evaluate", "diagnose", "kmeans", "stego-knn", "stego",
-                           "crf", "results", "report"}
+    assert set(stages) == {"fetch", "features", "features-random", "train", "evaluate", "diagnose", "kmeans",
+                           "stego-knn", "stego", "crf", "results", "ablate-default", "ablate", "ablations", "report"}
+    assert stages["ablate"]["foreach"] == "${ablations.sweeps}" and "--sweep ${key}" in stages["ablate"]["do"]["cmd"]
     for name, stage in stages.items():
         cmd = stage.get("do", stage)["cmd"]
         assert cmd.startswith("acseg-bench "), name

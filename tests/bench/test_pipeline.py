@@ -37,6 +37,7 @@ def workdir(tmp_path, monkeypatch, mini_camvid):
     params["stego"].update(knn=3, knn_draw=2, steps=4, batch_size=4, feature_samples=3, neg_samples=2, log_every=2,
                            knn_dir=str(tmp_path / "knn"))
     params["run"].update(seeds=[0], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    params["ablations"].update(train_steps=6, jobs=1)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path

@@ -69,8 +69,10 @@ def test_every_stage_runs_on_each_dataset(name, tmp_path, monkeypatch, in_proces
     monkeypatch.chdir(tmp_path)
     out = invoke(*repro_args(name, local, tmp_path, tracking_uri, *EXTRA.get(name, [])))
     stages = [argv[0] if argv[0] != "baseline" else argv[1] for argv in in_process]
-    assert stages == ["fetch", "features", "features", "train", "evaluate", "diagnose", "kmeans", "stego-knn", "stego",
-                      "evaluate", "evaluate", "evaluate", "results", "report"], out
+    assert stages == ["fetch", "features", "features", "features", "features", "train", "evaluate", "diagnose",
+                      "kmeans", "stego-knn", "stego", "evaluate", "evaluate", "evaluate", "results", "ablate", "ablate",
+                      "ablate", "ablations", "report"], out
+    assert [argv[argv.index("--sweep") + 1] for argv in in_process if "--sweep" in argv] == ["default", "loss", "feature"]
     assert [argv[argv.index("--method") + 1] for argv in in_process if "--crf" in argv] == ["acseg", "kmeans", "stego"]
     spec = get_spec(name)
     record = json.loads((tmp_path / f"data/{name}.json").read_text())
@@ -94,7 +96,11 @@ def test_every_stage_runs_on_each_dataset(name, tmp_path, monkeypatch, in_proces
     df = pd.read_csv(tmp_path / "reports/results.csv")
     assert set(zip(df.method, df.crf)) == {(m, c) for m in ("acseg", "kmeans", "stego") for c in (False, True)}
     assert (df.dataset == name).all()
-    assert "## Main table" in (tmp_path / "reports/README.md").read_text()
+    report = (tmp_path / "reports/README.md").read_text()
+    assert "## Main table" in report and "## Ablations (ACSeg)" in report and "## Qualitative comparison" in report
+    ablations = pd.read_csv(tmp_path / "reports/ablations.csv")  # the tiny preset's sweeps, each with the default
+    assert sorted(zip(ablations.axis, ablations.value)) == [("feature", "keys"), ("feature", "tokens"),
+                                                           ("loss", "modularity"), ("loss", "soft_modularity")]
     if name == "voc2012":
         assert {"overcluster_k", "miou_overcluster", "acc_overcluster"} <= set(df.columns)
         summary = json.loads((tmp_path / "reports/results_summary.json").read_text())["rows"]
