@@ -80,6 +80,10 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict,
         raise
 
 
+def read_meta(path: Path) -> dict:
+    return json.loads((path / "meta.json").read_text())
+
+
 def read_entry(path: Path, filename: str = "features.safetensors") -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 

@@ -16,10 +16,33 @@ from bench.data import SegmentationSplit, get_spec, locate
 log = logging.getLogger(__name__)
 
 
+class StreamedRows:
+    """One tensor of a cache entry, read a block of rows at a time (``rows[start:stop]``): memory holds one
+    block, never the split. The file is opened and closed per block, so no mapping of it stays resident."""
+
+    def __init__(self, path: Path, name: str):
+        from safetensors import safe_open
+
+        self.path, self.name = path, name
+        with safe_open(str(path), framework="pt") as f:
+            self.shape = tuple(f.get_slice(name).get_shape())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if not isinstance(rows, slice):
+            raise TypeError(f"streamed features are read by row ranges (rows[a:b]), not by {type(rows).__name__}")
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_slice(self.name)[rows]
+
+
 @dataclass
 class CachedFeatures:
-    features: torch.Tensor  # [N, h, w, d] float16
-    cls_attention: torch.Tensor  # [N, heads, h, w] float16
+    features: torch.Tensor | StreamedRows  # [N, h, w, d] float16
+    cls_attention: torch.Tensor | StreamedRows  # [N, heads, h, w] float16
     names: list[str]
     meta: dict
 
@@ -91,11 +114,16 @@ def _entry(cfg: Config, split: str) -> tuple[Path, dict]:
     return cache.cache_dir(cfg, split), cache.expected_meta(cfg, split)
 
 
-def load_features(cfg: Config, split: str) -> CachedFeatures:
-    """Read a valid cache entry; a missing one is an error that says which command makes it."""
+def load_features(cfg: Config, split: str, stream: bool = False) -> CachedFeatures:
+    """Read a valid cache entry (``stream``: row blocks on demand, for evaluation, whose memory must not grow
+    with the split); a missing one is an error that says which command makes it."""
     path = cache.cache_dir(cfg, split)
     if not cache.is_valid(path, cache.expected_meta(cfg, split)):
         raise FileNotFoundError(f"no feature cache for split {split!r} at {path}: run `acseg-bench features "
                                 f"--split {split}` (or `dvc repro`) first")
+    if stream:
+        meta = cache.read_meta(path)
+        file = path / "features.safetensors"
+        return CachedFeatures(StreamedRows(file, "features"), StreamedRows(file, "cls_attention"), meta["names"], meta)
     tensors, meta = cache.read_entry(path)
     return CachedFeatures(tensors["features"], tensors["cls_attention"], meta["names"], meta)

@@ -263,7 +263,7 @@ def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qua
     spec = get_spec(cfg.data.dataset)
     device = resolve_device(cfg.run.device)
     split = cfg.data.eval_split
-    feats = load_features(cfg, split)
+    feats = load_features(cfg, split, stream=True)  # memory flat in the split size
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
     dataset = SegmentationSplit(spec, root, split)
     predict, sha, extra = build_predictor(cfg, method, seed, device)

@@ -40,6 +40,14 @@ def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, metho
     }
 
 
+def _quiet_mlflow_defaults() -> None:
+    """No telemetry, and an unreachable tracking server fails in seconds, not after minutes of retries (MLflow's
+    default); a user's own settings of these variables win."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def log_run(
     cfg: Config,
     run_name: str,
@@ -51,7 +59,7 @@ def log_run(
 ) -> str | None:
     """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id."""
     try:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        _quiet_mlflow_defaults()
         import mlflow
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)
@@ -83,7 +91,7 @@ def parent_run(cfg: Config, run_name: str, params: dict[str, Any]) -> Iterator[s
     unavailable the block still runs (its results are on disk regardless)."""
     run = None
     try:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        _quiet_mlflow_defaults()
         import mlflow
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)

@@ -72,6 +72,11 @@ def train_generator(
     generator = torch.Generator().manual_seed(seed)
     feats = train.features  # [N, h, w, d] float16, stays on the CPU
     n_images, h, w, d = feats.shape
+    bad = ~torch.isfinite(feats).flatten(1).all(1)
+    if bad.any():  # one such image would spoil every image through the centring mean
+        names = [train.names[i] for i in bad.nonzero().flatten().tolist()]
+        raise TrainingDiverged(f"the cached features of {len(names)} image(s) hold NaN or inf values, e.g. "
+                               f"{names[:3]}: delete the feature cache entry and extract it again")
     model = build_model(cfg, d, feature_mean(feats, cfg.acseg.centre), n_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

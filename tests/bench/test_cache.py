@@ -33,3 +33,19 @@ def test_half_written_folder_is_not_valid(tmp_path):
     path.mkdir()
     (path / "features.safetensors").write_bytes(b"partial")
     assert not cache.is_valid(path, {"format": 1})
+
+
+def test_streamed_rows_read_exactly_the_rows_asked_for(tmp_path):
+    """Evaluation reads features a block of rows at a time (memory flat in the split size): same values."""
+    import torch
+
+    from bench.cache import write_entry
+    from bench.features import StreamedRows
+
+    feats = torch.randn(7, 2, 3, 4).half()
+    write_entry(tmp_path / "entry", {"features": feats, "cls_attention": torch.zeros(7, 1, 2, 3).half()}, {})
+    rows = StreamedRows(tmp_path / "entry" / "features.safetensors", "features")
+    assert rows.shape == (7, 2, 3, 4) and len(rows) == 7
+    assert torch.equal(rows[2:5], feats[2:5]) and torch.equal(rows[:], feats)
+    with pytest.raises(TypeError, match="row ranges"):
+        rows[torch.tensor([0, 3])]

@@ -1,0 +1,225 @@
+"""Failures leave nothing that reads as a result, and a rerun starts clean: an interrupted feature extraction, an
+interrupted training, a diverging loss, and an MLflow store that cannot be reached (the results are kept).
+
+Synthetic: the 56x70 dataset of tests/conftest.py with a random ViT (feature cache tests) or random cached
+features written straight into the cache (training and evaluation tests), a one-block ACSeg.
+(tests/bench/test_cache.py already covers write_entry on its own: an interrupted write and a half-written folder.)
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from bench import cache
+from bench.cli import app
+from bench.config import load_config
+from bench.features import ensure_features, load_features
+
+GRID, DIM = (4, 5), 16
+
+
+def make_config(tmp_path: Path, root: Path, **overrides):
+    params = {
+        "data.dataset": "synthetic", "data.local_copy": str(root),
+        "backbone.weights": "random", "backbone.weights_sha256": None,
+        "features.height": 56, "features.width": 70, "features.batch_size": 2,
+        "features.cache_dir": str(tmp_path / "cache"),
+        "acseg.prototypes": 3, "classifier.n_classes": 2, "classifier.n_init": 1, "classifier.iters": 10,
+        "train.steps": 4, "train.batch_size": 2, "train.warmup_steps": 1, "train.log_every": 1,
+        "train.pixel_samples": 8, "crf.workers": 1,
+        "run.runs_dir": str(tmp_path / "runs"), "run.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        **overrides,
+    }
+    return load_config(None, overrides=params, preset="tiny", environment={})
+
+
+def write_features(cfg, split: str, spec, root: Path, poison: float | None = None) -> list[str]:
+    """Random cached features for a split's images (no backbone), optionally with one value set to ``poison``."""
+    names = [s.name for s in spec.samples(root, split)]
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(len(names), *GRID, DIM, generator=g)
+    if poison is not None:
+        feats[0, 0, 0, 0] = poison
+    attention = torch.rand(len(names), 2, *GRID, generator=g)
+    cache.write_entry(cache.cache_dir(cfg, split), {"features": feats.half(), "cls_attention": attention.half()},
+                      {**cache.expected_meta(cfg, split), "weights_sha256": "random-test", "names": names})
+    return names
+
+
+@pytest.fixture
+def no_tracking(monkeypatch):
+    """Tests that are not about MLflow do not pay for it."""
+    import bench.tracking
+
+    monkeypatch.setattr(bench.tracking, "log_run", lambda *a, **k: None)
+
+
+def outputs(runs: Path) -> list[str]:
+    return sorted(str(p.relative_to(runs)) for p in runs.rglob("*") if p.is_file()) if runs.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
+def test_interrupted_extraction_leaves_no_valid_entry_and_a_rerun_writes_one(tmp_path, monkeypatch,
+                                                                            synthetic_dataset, interruption):
+    import safetensors.torch
+
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    path, meta = cache.cache_dir(cfg, "val"), cache.expected_meta(cfg, "val")
+    real_save = safetensors.torch.save_file
+
+    def dies_mid_write(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise interruption("interrupted while writing")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_mid_write)
+    with pytest.raises(interruption):
+        ensure_features(cfg, "val", progress=False)
+    assert not cache.is_valid(path, meta)
+    assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]  # the temporary folder is cleaned up
+    with pytest.raises(FileNotFoundError, match="no feature cache for split 'val'"):
+        load_features(cfg, "val")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    assert ensure_features(cfg, "val", progress=False) == path and cache.is_valid(path, meta)
+    feats = load_features(cfg, "val")
+    assert feats.names == ["v0.png", "v1.png"] and feats.features.shape[:3] == (2, 4, 5)
+
+
+def test_leftovers_of_a_killed_extraction_are_ignored_and_do_not_break_the_next_write(tmp_path, synthetic_dataset):
+    """A process killed mid-write leaves its .tmp- folder (and possibly a lock file, or a half-written folder at
+    the final name): none of them reads as valid, and the next extraction writes a valid entry."""
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    path, meta = cache.cache_dir(cfg, "val"), cache.expected_meta(cfg, "val")
+    path.parent.mkdir(parents=True)
+    stale = path.parent / f".{path.name}.tmp-killed"
+    stale.mkdir()
+    (stale / "features.safetensors").write_bytes(b"partial")
+    (stale / "meta.json").write_text(json.dumps({**meta, "names": ["v0.png"]}))  # even with a complete meta
+    (path.parent / f".{path.name}.lock").write_text("")  # the lock file of the killed process
+    path.mkdir()
+    (path / "features.safetensors").write_bytes(b"partial")  # an entry with no meta.json
+    assert not cache.is_valid(path, meta)
+
+    ensure_features(cfg, "val", progress=False)
+    assert cache.is_valid(path, meta)
+    feats = load_features(cfg, "val")
+    assert feats.names == ["v0.png", "v1.png"] and torch.isfinite(feats.features.float()).all()
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_interrupted_training_leaves_no_model_and_a_rerun_restarts_cleanly(tmp_path, monkeypatch,
+                                                                          synthetic_dataset, no_tracking):
+    import bench.runs
+    import bench.train
+    from bench.runs import load_model, run_dir, run_train
+
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    write_features(cfg, "train", spec, root)
+    out = run_dir(cfg, "acseg", 0)
+
+    real_loss, calls = bench.train.concept_loss, []
+
+    def interrupted_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(bench.train, "concept_loss", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, 0, progress=False)
+    assert outputs(Path(cfg.run.runs_dir)) == []
+    monkeypatch.setattr(bench.train, "concept_loss", real_loss)
+
+    # interrupted while the model is being written: model.pt is written under a temporary name, then renamed
+    real_save = torch.save
+
+    def dies_mid_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bench.runs.torch, "save", dies_mid_save)
+    with pytest.raises(OSError, match="disk full"):
+        run_train(cfg, 0, progress=False)
+    assert not (out / "model.pt").exists() and not (out / "train_summary.json").exists()
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        load_model(cfg, 0, torch.device("cpu"))
+    monkeypatch.setattr(bench.runs.torch, "save", real_save)
+
+    run_train(cfg, 0, progress=False)
+    assert not (out / ".model.pt.tmp").exists()  # the rerun's rename also takes the leftover temporary file away
+    model, saved = load_model(cfg, 0, torch.device("cpu"))
+    assert saved["feature_dim"] == DIM
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["final_loss"] == pytest.approx(float((out / "train_log.csv").read_text().split()[-1].split(",")[1]),
+                                                  abs=1e-5)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_nan_or_inf_feature_stops_training_with_a_clear_message_and_no_outputs(tmp_path, monkeypatch,
+                                                                                  synthetic_dataset, poison):
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    write_features(cfg, "train", spec, root, poison=poison)
+    params = {section: values for section, values in cfg.to_dict().items() if section != "ablations"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--seed", "0", "--params", str(tmp_path / "params.yaml"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "hold NaN or inf values" in result.output and "delete the feature cache entry" in result.output
+    assert outputs(Path(cfg.run.runs_dir)) == []  # no model.pt, train_summary.json or metrics.json
+
+
+def test_a_huge_learning_rate_stops_training_with_a_clear_message_and_no_outputs(tmp_path, synthetic_dataset,
+                                                                                no_tracking):
+    from bench.runs import run_train
+    from bench.train import TrainingDiverged
+
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root, **{"train.lr": 1e30, "train.steps": 20, "train.grad_clip": 0.0})
+    write_features(cfg, "train", spec, root)
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf|-inf) at step \d+ \(lr .*\); lower train.lr"):
+        run_train(cfg, 0, progress=False)
+    assert outputs(Path(cfg.run.runs_dir)) == []
+
+
+# ------------------------------------------------------------------------------------------------ MLflow
+
+
+@pytest.mark.parametrize("store", ["unreachable server", "unwritable path"])
+def test_mlflow_unavailable_costs_a_warning_not_the_results(tmp_path, monkeypatch, synthetic_dataset, caplog, store):
+    from bench.runs import run_dir, run_evaluate, run_train
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # mlflow's default retries take minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    (tmp_path / "a_file").write_text("not a folder")
+    uri = "http://127.0.0.1:9" if store == "unreachable server" else f"sqlite:///{tmp_path}/a_file/mlflow.db"
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root, **{"run.tracking_uri": uri})
+    write_features(cfg, "train", spec, root)
+    write_features(cfg, "val", spec, root)
+
+    with caplog.at_level(logging.WARNING, logger="bench.tracking"):
+        run_train(cfg, 0, progress=False)
+        metrics = run_evaluate(cfg, "acseg", 0, progress=False)
+    out = run_dir(cfg, "acseg", 0)
+    for name in ("model.pt", "train_log.csv", "train_summary.json", "loss_curve.png", "metrics.json", "confusion.csv",
+                 "qualitative.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["miou"] == metrics["miou"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if f"MLflow logging to {uri} failed" in w]) == 2  # one per run, train and evaluate
+    assert all("the results are in the run folder regardless" in w for w in warnings)
