@@ -15,12 +15,17 @@ from bench.config import Config
 log = logging.getLogger(__name__)
 
 
+# What a result depends on. The pipeline's own outputs (runs/, reports/, dvc.lock) change while it runs, so they
+# do not make a commit "dirty".
+SOURCES = ["acseg", "bench", "params.yaml", "params", "dvc.yaml", "pyproject.toml"]
+
+
 def git_commit() -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ; "unknown" outside a git checkout."""
+    """HEAD's commit, with "-dirty" when the code or params differ from it; "unknown" outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCES],
+                               capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
