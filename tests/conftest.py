@@ -42,12 +42,10 @@ def register_dataset(name: str, root: Path, splits: dict[str, list[str]], n_clas
     return spec
 
 
-@pytest.fixture
-def synthetic_dataset(tmp_path):
-    """3 train + 2 val random 56x70 images with labels 0..10 and some void (11)."""
+def write_synthetic_dataset(name: str, root: Path) -> ManifestDataset:
+    """3 train + 2 val random 56x70 images with labels 0..10 and some void (11), registered as ``name``."""
     from PIL import Image
 
-    root = tmp_path / "synth"
     rng = np.random.default_rng(0)
     splits = {"train": [f"t{i}.png" for i in range(3)], "val": [f"v{i}.png" for i in range(2)]}
     for split, names in splits.items():
@@ -56,7 +54,13 @@ def synthetic_dataset(tmp_path):
         for n in names:
             Image.fromarray(rng.integers(0, 255, (56, 70, 3), dtype=np.uint8)).save(root / split / n)
             Image.fromarray(rng.integers(0, 12, (56, 70), dtype=np.uint8)).save(root / (split + "annot") / n)
-    spec = register_dataset("synthetic", root, splits)
+    return register_dataset(name, root, splits)
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path):
+    root = tmp_path / "synth"
+    spec = write_synthetic_dataset("synthetic", root)
     yield spec, root
     data_mod.DATASETS.pop("synthetic", None)
 

@@ -21,24 +21,14 @@ def perf_run(tmp_path_factory):
     and one `acseg-bench perf` run on it."""
     import os
 
-    from tests.conftest import register_dataset
     from bench import data as data_mod
     from bench.config import load_config
     from bench.features import ensure_features
-    import numpy as np
-    from PIL import Image
+    from tests.conftest import write_synthetic_dataset
 
     tmp = tmp_path_factory.mktemp("perf")
     root = tmp / "synth"
-    rng = np.random.default_rng(0)
-    splits = {"train": [f"t{i}.png" for i in range(3)], "val": [f"v{i}.png" for i in range(2)]}
-    for split, names in splits.items():
-        (root / split).mkdir(parents=True)
-        (root / (split + "annot")).mkdir()
-        for n in names:
-            Image.fromarray(rng.integers(0, 255, (56, 70, 3), dtype=np.uint8)).save(root / split / n)
-            Image.fromarray(rng.integers(0, 12, (56, 70), dtype=np.uint8)).save(root / (split + "annot") / n)
-    register_dataset("synthetic_perf", root, splits)
+    write_synthetic_dataset("synthetic_perf", root)
     params = {
         "data": {"dataset": "synthetic_perf", "local_copy": str(root)},
         "backbone": {"weights": "random", "weights_sha256": None},
