@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.config import Config, ConfigError, with_overrides
+from bench.data import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +205,15 @@ def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
         if metrics.get("config_hash") == cfg.hash():
             log.info("reusing %s (same config)", metrics_path)
             return metrics
-    for split in sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}):
+    for split in _splits(cfg):
         run_features(cfg, split, progress=progress)
     run_train(cfg, seed, progress=progress)
     return run_evaluate(cfg, "acseg", seed, progress=progress)
+
+
+def _splits(cfg: Config) -> list[str]:
+    """The splits a point reads features of: training, clustering, evaluation."""
+    return sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split})
 
 
 def _worker_init(threads: int, datasets: list) -> None:
@@ -248,28 +254,24 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
                              {"axes": json.dumps({k: [_text(v) for v in vs] for k, vs in axes.items()}),
                               "seeds": ",".join(map(str, seeds)), "points": len(points)}) as parent_id:
         for c in {_feature_key(c): c for c in configs}.values():
-            for split in sorted({c.data.train_split, c.data.cluster_split, c.data.eval_split}):
+            for split in _splits(c):
                 run_features(c, split, progress=progress)
         for c in configs:
             c.run.parent_run_id = parent_id
-        tasks = [(c, seed) for c in configs for seed in seeds]
-        labels = [f"{p.label} seed {seed}" for p in points for seed in seeds]
+        runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
+        results = _map_tasks([(c, seed) for _, c, seed in runs], jobs, progress)
         rows = []
-        for (point_cfg, seed), label, m in zip(tasks, labels, _map_tasks(tasks, jobs, progress)):
-            point = points[configs.index(point_cfg)]
+        for (point, point_cfg, seed), m in zip(runs, results):
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
                          "seed": seed, "train_steps": point_cfg.train.steps,
                          "run": str(Path(point_cfg.run.runs_dir) / "acseg" / f"seed{seed}"),
                          **_training(point_cfg, seed)})
-            echo(f"{label}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
+            echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,
                                                  "final_loss": 4, "steps_per_second": 2})
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
-    return out
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(out_csv)
 
 
 def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool):
@@ -323,12 +325,9 @@ def collect_ablations(cfg: Config) -> Path:
         raise FileNotFoundError(f"no results for sweep(s) {missing} in {plan.csv_dir}: run `acseg-bench ablate "
                                 f"--sweep NAME` (or `dvc repro`) first")
     df = pd.concat([pd.read_csv(Path(plan.csv_dir) / f"{n}.csv") for n in plan.sweeps], ignore_index=True)
-    out = Path(plan.out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
-    return out
+    with atomic_path(plan.out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(plan.out_csv)
 
 
 def _training(cfg: Config, seed: int) -> dict:

@@ -87,5 +87,4 @@ def read_meta(path: Path) -> dict:
 def read_entry(path: Path, filename: str = "features.safetensors") -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
-    meta = json.loads((path / "meta.json").read_text())
-    return load_file(str(path / filename)), meta
+    return load_file(str(path / filename)), read_meta(path)

@@ -14,7 +14,9 @@ This module keeps the harness's one entry point to all of it; the functions belo
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,12 +69,24 @@ def fetch_record(spec: DatasetSpec, splits: dict[str, int], root: Path) -> dict:
     }
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> None:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` only when the block completes, so a reader
+    never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    yield tmp
     tmp.replace(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -64,12 +64,12 @@ def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
 
     One forward pass yields every feature type (tokens and keys), so the pass writes every type's entry that is
     missing: an ablation over feature types costs one extraction, not one per type."""
-    path = cache.cache_dir(cfg, split)
-    if cache.is_valid(path, cache.expected_meta(cfg, split)):
+    path, meta = _entry(cfg, split)
+    if cache.is_valid(path, meta):
         log.info("feature cache hit: %s", path)
         return path
     with cache.lock(path):  # two processes asking for one entry: one computes it, the other then reads it
-        if cache.is_valid(path, cache.expected_meta(cfg, split)):
+        if cache.is_valid(path, meta):
             return path
         return _extract(cfg, split, path, progress)
 
@@ -114,16 +114,21 @@ def _entry(cfg: Config, split: str) -> tuple[Path, dict]:
     return cache.cache_dir(cfg, split), cache.expected_meta(cfg, split)
 
 
+def streamed_features(path: Path) -> CachedFeatures:
+    """A cache entry whose tensors are read a block of rows at a time (:class:`StreamedRows`)."""
+    meta = cache.read_meta(path)
+    file = path / "features.safetensors"
+    return CachedFeatures(StreamedRows(file, "features"), StreamedRows(file, "cls_attention"), meta["names"], meta)
+
+
 def load_features(cfg: Config, split: str, stream: bool = False) -> CachedFeatures:
     """Read a valid cache entry (``stream``: row blocks on demand, for evaluation, whose memory must not grow
     with the split); a missing one is an error that says which command makes it."""
-    path = cache.cache_dir(cfg, split)
-    if not cache.is_valid(path, cache.expected_meta(cfg, split)):
+    path, meta = _entry(cfg, split)
+    if not cache.is_valid(path, meta):
         raise FileNotFoundError(f"no feature cache for split {split!r} at {path}: run `acseg-bench features "
                                 f"--split {split}` (or `dvc repro`) first")
     if stream:
-        meta = cache.read_meta(path)
-        file = path / "features.safetensors"
-        return CachedFeatures(StreamedRows(file, "features"), StreamedRows(file, "cls_attention"), meta["names"], meta)
+        return streamed_features(path)
     tensors, meta = cache.read_entry(path)
     return CachedFeatures(tensors["features"], tensors["cls_attention"], meta["names"], meta)

@@ -27,7 +27,8 @@ def colorize(ids: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
     return rgb
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,7 @@ def _pyplot():
 
 
 def loss_curve(steps: list[int], loss: list[float], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss)
     ax.set_xlabel("step")
@@ -50,14 +51,16 @@ def loss_curve(steps: list[int], loss: list[float], path: Path, title: str) -> P
     return path
 
 
-def qualitative_grid(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str,
-                     ignore_index: int) -> Path:
-    """rows of (name, image RGB, ground truth ids, prediction ids mapped to classes)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.3 * len(rows)), squeeze=False)
-    for r, (name, image, truth, pred) in enumerate(rows):
-        for c, (panel, label) in enumerate([(image, name), (colorize(truth, ignore_index), "ground truth"),
-                                            (colorize(pred), "prediction (matched)")]):
+def qualitative_grid(rows: list[tuple], path: Path, title: str, ignore_index: int,
+                     prediction_titles: tuple[str, ...] = ("prediction (matched)",)) -> Path:
+    """rows of (name, image RGB, ground truth ids, one prediction (ids mapped to classes) per title)."""
+    plt = pyplot()
+    columns = 2 + len(prediction_titles)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(3 * columns, 2.3 * len(rows)), squeeze=False)
+    for r, (name, image, truth, *predictions) in enumerate(rows):
+        panels = [(image, name), (colorize(truth, ignore_index), "ground truth")]
+        panels += [(colorize(pred), t) for pred, t in zip(predictions, prediction_titles)]
+        for c, (panel, label) in enumerate(panels):
             axes[r, c].imshow(panel)
             axes[r, c].set_title(label, fontsize=8)
             axes[r, c].axis("off")

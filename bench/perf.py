@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from bench.config import Config, with_overrides
-from bench.features import CachedFeatures, StreamedRows, load_features, resolve_device
+from bench.data import atomic_path, write_text_atomic
+from bench.features import CachedFeatures, StreamedRows, load_features, resolve_device, streamed_features
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,6 @@ def eval_peak_rss(cfg: Config, dataset_spec, entry: str, split: str, threads: in
     """In a fresh process: a whole streaming evaluation of the feature cache entry ``entry`` (read as
     load_features reads one), labels of ``split`` of ``dataset_spec``; its peak resident memory at each stage,
     in MB."""
-    from bench import cache
     from bench.datasets import DATASETS
     from bench.evaluate import evaluate
     from bench.runs import n_clusters
@@ -441,9 +441,7 @@ def eval_peak_rss(cfg: Config, dataset_spec, entry: str, split: str, threads: in
     device = resolve_device(cfg.run.device)
     spec, dataset = _eval_inputs(cfg, split)
     after_imports = _peak_rss_mb()
-    meta = cache.read_meta(Path(entry))  # streamed, as the evaluation reads a split (bench.runs.run_evaluate)
-    file = Path(entry) / "features.safetensors"
-    feats = CachedFeatures(StreamedRows(file, "features"), StreamedRows(file, "cls_attention"), meta["names"], meta)
+    feats = streamed_features(Path(entry))  # as the evaluation reads a split (bench.runs.run_evaluate)
     after_load = _peak_rss_mb()
     predict, _ = acseg_predictor(cfg, device, feats)
     ev = evaluate(predict, feats, spec, dataset.read_label, n_clusters(cfg, "acseg"), device, progress=False)
@@ -556,12 +554,10 @@ def write_report(rows: list[Measure], out: str | Path, command: str, machine_inf
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "performance.csv", out / "performance.md"
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["measure", "value", "unit"])
         writer.writerows([r.measure, f"{r.value:.6g}", r.unit] for r in rows)
-    tmp.replace(csv_path)
 
     by_name = {r.measure: r for r in rows}
     lines = ["# Performance", "", f"Regenerate with `{command}` (writes `{csv_path}` and this file).", "",
@@ -590,7 +586,5 @@ def write_report(rows: list[Measure], out: str | Path, command: str, machine_inf
         lines += ["- `dvc_repro_cold_s` and `dvc_repro_warm_s` are not measured by this command (about 40 "
                   "minutes): run `bash pipelines/time_repro.sh`, which writes `reports/repro_timing.json`, then "
                   "this command again to copy them here."]
-    tmp = md_path.with_name(f".{md_path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(md_path)
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path

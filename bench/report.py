@@ -83,18 +83,15 @@ def _sorted_values(values: pd.Series) -> list:
 
 
 def _axes(figsize: tuple[float, float]):
-    """A new figure and axes (matplotlib's Agg backend: no display needed)."""
-    import matplotlib
+    from bench.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=figsize)
+    return pyplot().subplots(figsize=figsize)
 
 
 def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
-    import matplotlib.pyplot as plt
+    from bench.figures import pyplot
 
+    plt = pyplot()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -164,31 +161,13 @@ def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_
     """Image / ground truth / each method's matched prediction, one row per fixed evaluation image."""
     if not examples:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bench.figures import colorize
+    from bench.figures import qualitative_grid
 
     methods = list(examples)
-    first = examples[methods[0]]
     n = min(len(rows) for rows in examples.values())
-    cols = 2 + len(methods)
-    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.1 * n + 0.4), squeeze=False)
-    for r in range(n):
-        name, image, truth, _ = first[r]
-        panels = [(image, name), (colorize(truth, ignore_index), "ground truth")]
-        panels += [(colorize(examples[m][r][3]), METHOD_NAMES.get(m, m)) for m in methods]
-        for c, (panel, title) in enumerate(panels):
-            axes[r, c].imshow(panel)
-            axes[r, c].set_title(title, fontsize=9)
-            axes[r, c].axis("off")
-    fig.suptitle(f"Fixed evaluation images, seed {seed}, no CRF (predictions matched to classes)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    rows = [(*examples[methods[0]][r][:3], *(examples[m][r][3] for m in methods)) for r in range(n)]
+    return qualitative_grid(rows, path, f"Fixed evaluation images, seed {seed}, no CRF (predictions matched to "
+                            "classes)", ignore_index, tuple(METHOD_NAMES.get(m, m) for m in methods))
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -200,6 +179,8 @@ def _md(df: pd.DataFrame) -> str:
 
 def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     """Write ``out_dir``/README.md and ``out_dir``/figures/*.png; returns the README path."""
+    from bench.data import write_text_atomic
+
     out = Path(out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -249,9 +230,7 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
               _md(pd.DataFrame(PAPER_CLAIMS, columns=["claim", "paper's dataset", "paper"])), ""]
     lines += _measured_claims(inputs)
     path = out / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -16,7 +16,7 @@ import torch
 
 from bench import tracking
 from bench.config import Config
-from bench.data import fetch, fetch_record, get_spec, locate, write_json_atomic
+from bench.data import atomic_path, fetch, fetch_record, get_spec, locate, write_json_atomic
 from bench.features import ensure_features, load_features, resolve_device
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,8 @@ def run_features(cfg: Config, split: str, progress: bool = True) -> Path:
 
 
 def save_model(path: Path, cfg: Config, model, extra: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
 
 
 def load_model(cfg: Config, seed: int, device: torch.device):
@@ -337,9 +336,8 @@ def save_examples(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, np.n
     for i, (_, image, truth, pred) in enumerate(rows):
         arrays.update({f"image_{i}": (image * 255).round().astype(np.uint8), f"label_{i}": truth,
                        f"prediction_{i}": pred})
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix to it
+        np.savez_compressed(f, **arrays)
 
 
 def load_examples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -405,10 +403,8 @@ def collect_results(cfg: Config) -> Path:
     df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4,
                    "miou_overcluster": 2, "acc_overcluster": 2, **{c: 2 for c in per_class}})
     out = Path(cfg.run.results_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
     overclustered = {f"{c}_{f}": (c, f) for c in ("miou_overcluster", "acc_overcluster") if c in df
                      for f in ("mean", "std")}
     summary = (df.groupby(["dataset", "split", "method", "backbone", "crf"])
