@@ -25,6 +25,15 @@ def hard_assignment(similarity: torch.Tensor) -> torch.Tensor:
     return similarity.argmax(dim=-1)
 
 
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """The winning channel of every pixel of score maps [B, C, H, W] -> [B, H, W] (the first one on ties).
+
+    ``max(dim=1).indices`` rather than ``argmax(1)``: the same answer, but torch's CPU argmax over a strided
+    dimension is ~9x slower, and at label resolution it was half of an evaluation.
+    """
+    return scores.max(dim=1).indices
+
+
 def concepts_per_image(assignment: torch.Tensor, n_prototypes: int) -> torch.Tensor:
     """How many prototypes win at least one pixel, per image: the adaptive concept count m <= k.
 

@@ -37,10 +37,17 @@ def modularity_matrix(affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def concept_intensity(assignment: torch.Tensor) -> torch.Tensor:
     """D_ij = max_c S+_ic S+_jc, the intensity with which pixels i and j share a concept.
 
-    assignment [B, n, k] (already clipped, S+) -> [B, n, n]. Memory is B*n*n*k; callers sample pixels when
-    that is too much.
+    assignment [B, n, k] (already clipped, S+) -> [B, n, n]. The winning concept c*_ij is found without
+    gradient, then D is rebuilt as S+_{i c*} S+_{j c*} (the same float product, so the same values): the
+    gradient is the max's (it flows to the winner only; the two differ only at exact ties), but autograd keeps
+    [B, n, n] tensors instead of [B, n, n, k] ones, which made the backward pass most of a training step.
+    Memory is still B*n*n*k for the max; callers sample pixels when that is too much.
     """
-    return (assignment.unsqueeze(-2) * assignment.unsqueeze(-3)).amax(dim=-1)
+    with torch.no_grad():
+        winner = (assignment.unsqueeze(-2) * assignment.unsqueeze(-3)).argmax(dim=-1)  # c*_ij, [B, n, n]
+    mine = assignment.gather(-1, winner)  # S+_{i c*_ij}
+    theirs = assignment.gather(-1, winner.transpose(-1, -2)).transpose(-1, -2)  # S+_{j c*_ij}
+    return mine * theirs
 
 
 def modularity(intensity: torch.Tensor, modularity_mat: torch.Tensor, two_m: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acseg.assignment import cosine_assignment, hard_assignment
+from acseg.assignment import channel_argmax, cosine_assignment, hard_assignment
 from acseg.classifier import background_concepts, classify_concepts, region_embeddings
 from acseg.concept_generator import ConceptGenerator
 
@@ -78,7 +78,7 @@ class ACSeg(nn.Module):
         # Upsample the cosine maps of the concepts in use; concepts that win no patch cannot win a pixel.
         maps = s.transpose(1, 2).reshape(b, -1, h, w).masked_fill(~present[:, :, None, None], -2.0)
         maps = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
-        pixel_concepts = maps.argmax(1)
+        pixel_concepts = channel_argmax(maps)
         classes = torch.gather(concept_classes, 1, pixel_concepts.flatten(1)).reshape(pixel_concepts.shape)
         return Segmentation(
             classes=classes,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from acseg.assignment import channel_argmax
 from acseg.kmeans import centroid_scores, kmeans
 from acseg.losses import affinity, modularity, modularity_matrix
 from acseg.metrics import ConfusionAccumulator, hungarian_miou
@@ -54,7 +55,7 @@ def diagnose(model, feats, spec, read_label, device, seed: int = 0, progress: bo
         km = kmeans(x, k, seed=seed, cosine=True, iters=50)
         q_kmeans.append(hard_modularity(x, km.labels))
         maps = centroid_scores(x, km.centroids, cosine=True).T.reshape(1, k, *grid)
-        km_pixels = F.interpolate(maps, size=tuple(labels.shape), mode="bilinear", align_corners=False).argmax(1)[0]
+        km_pixels = channel_argmax(F.interpolate(maps, size=tuple(labels.shape), mode="bilinear", align_corners=False))[0]
         learned_oracle.update(majority_relabel(seg.concepts[0].cpu(), labels, spec.n_classes, spec.ignore_index), labels)
         kmeans_oracle.update(majority_relabel(km_pixels.cpu(), labels, spec.n_classes, spec.ignore_index), labels)
     c = torch.tensor(counts, dtype=torch.float)

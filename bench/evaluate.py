@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from acseg.assignment import channel_argmax
 from acseg.crf import CRFParams, dense_crf
 from acseg.metrics import ConfusionAccumulator, SegmentationScores, hungarian_miou
 from bench.data import DatasetSpec
@@ -42,14 +43,14 @@ class Prediction:
         if self.segment_clusters is not None:  # a segment without a cluster can never win a pixel
             scores = scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
         if crf is None:
-            segments = scores.argmax(1)
+            segments = channel_argmax(scores)
         else:
             probs = torch.softmax(alpha * scores.float(), dim=1).cpu()
             refined = torch.stack([torch.from_numpy(q) for q in map_fn(
                 _refine, images, probs.numpy(), [crf] * len(images))])
             if self.segment_clusters is not None:
                 refined = refined.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
-            segments = refined.argmax(1).to(scores.device)
+            segments = channel_argmax(refined).to(scores.device)
         if self.segment_clusters is None:
             return segments
         return torch.gather(self.segment_clusters, 1, segments.flatten(1)).reshape(segments.shape)

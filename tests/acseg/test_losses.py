@@ -70,6 +70,22 @@ def test_concept_intensity_is_max_over_concepts():
     assert torch.allclose(d[0], torch.tensor([[1.0, 0.5, 0.0], [0.5, 0.25, 0.5], [0.0, 0.5, 1.0]]))
 
 
+def test_concept_intensity_has_the_max_value_and_gradient():
+    """The winner-gather form equals the literal max over concepts, values and gradients alike."""
+    torch.manual_seed(0)
+    # as in training: S+ = max(S, 0), so many products tie at zero (the max spreads their gradient over the
+    # tied concepts, the gather gives it to one), but the clip stops those gradients before they reach S
+    s = torch.randn(3, 20, 5, requires_grad=True)
+    weights = torch.randn(3, 20, 20)
+    s_plus = s.clamp_min(0)
+    literal = (s_plus.unsqueeze(-2) * s_plus.unsqueeze(-3)).amax(dim=-1)
+    (grad_literal,) = torch.autograd.grad((weights * literal).sum(), s)
+    d = concept_intensity(s.clamp_min(0))
+    (grad,) = torch.autograd.grad((weights * d).sum(), s)
+    assert torch.equal(d, literal)
+    assert torch.allclose(grad, grad_literal, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_variant_prefers_the_true_partition(name):
     x, labels = block_features()
