@@ -1,6 +1,7 @@
 """Streaming evaluation: predictions image batch by image batch into one dataset-level confusion matrix.
 
-Memory does not grow with the split: only the current batch's predictions and the K x C matrix are held.
+Memory does not grow with the split: only the current batch's predictions (and, with a CRF, the previous batch's,
+whose CRF runs in worker processes meanwhile) and the K x C matrix are held.
 Every method (ACSeg, k-means, STEGO) is evaluated by this one function through a ``predict`` callable:
 cached features [B, h, w, d], the label size and the cached [CLS] attention
 [B, heads, h, w] (ACSeg's background split) -> a :class:`Prediction` (per-pixel segment scores at the
@@ -17,7 +18,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -35,22 +36,30 @@ class Prediction:
     scores: torch.Tensor  # [B, S, H, W] per-pixel segment scores at the label resolution (higher = closer)
     segment_clusters: torch.Tensor | None = None  # [B, S] cluster of each segment, -1 = unused; None: identity
 
-    def clusters(self, crf: CRFParams | None = None, images: list[np.ndarray] | None = None,
-                 alpha: float = 1.0, map_fn: Callable = map) -> torch.Tensor:
-        """Cluster id per pixel [B, H, W]: argmax of the scores, after a dense CRF if ``crf`` is given
-        (``map_fn``: how the images of the batch are mapped through it, e.g. a process pool's map)."""
-        scores = self.scores
-        if self.segment_clusters is not None:  # a segment without a cluster can never win a pixel
-            scores = scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
-        if crf is None:
-            segments = channel_argmax(scores)
+    def _masked_scores(self) -> torch.Tensor:
+        if self.segment_clusters is None:
+            return self.scores
+        # a segment without a cluster can never win a pixel
+        return self.scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
+
+    def refine(self, crf: CRFParams, images: list[np.ndarray], alpha: float = 1.0,
+               map_fn: Callable = map) -> Iterable[np.ndarray]:
+        """The dense CRF's refined probabilities [S, H, W] of each image of the batch, unary = softmax(alpha *
+        scores), in order. With a process pool's ``map_fn`` every image is submitted at once and this returns
+        straight away, so the caller can predict the next batch while the workers run the CRF."""
+        probs = torch.softmax(alpha * self._masked_scores().float(), dim=1).cpu()
+        return map_fn(_refine, images, probs.numpy(), [crf] * len(images))
+
+    def clusters(self, refined: Iterable[np.ndarray] | None = None) -> torch.Tensor:
+        """Cluster id per pixel [B, H, W]: argmax of the scores, or of the CRF's ``refined`` probabilities
+        (from :meth:`refine`)."""
+        if refined is None:
+            segments = channel_argmax(self._masked_scores())
         else:
-            probs = torch.softmax(alpha * scores.float(), dim=1).cpu()
-            refined = torch.stack([torch.from_numpy(q) for q in map_fn(
-                _refine, images, probs.numpy(), [crf] * len(images))])
+            probs = torch.stack([torch.from_numpy(q) for q in refined])
             if self.segment_clusters is not None:
-                refined = refined.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
-            segments = channel_argmax(refined).to(scores.device)
+                probs = probs.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
+            segments = channel_argmax(probs).to(self.scores.device)
         if self.segment_clusters is None:
             return segments
         return torch.gather(self.segment_clusters, 1, segments.flatten(1)).reshape(segments.shape)
@@ -107,6 +116,14 @@ def evaluate(
     acc = ConfusionAccumulator(n_clusters, spec.n_classes, spec.ignore_index)
     n = len(feats.names)
     desc = "evaluate + CRF" if crf is not None else "evaluate"
+    previous = None  # (names, prediction, refined, label) of the batch whose CRF runs while the next is predicted
+
+    def finish(names, prediction, refined, label):
+        clusters = prediction.clusters(refined)
+        acc.update(clusters, label)
+        if on_batch is not None:
+            on_batch(names, clusters.cpu(), label)
+
     with torch.no_grad(), crf_pool(crf_workers if crf is not None else 1) as map_fn:
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
             labels = [torch.from_numpy(read_label(name)) for name in feats.names[start : start + batch_size]]
@@ -116,11 +133,16 @@ def evaluate(
                 label = torch.stack(labels[first:last])
                 size = tuple(label.shape[1:])
                 prediction = predict(feats.features[batch].to(device), size, feats.cls_attention[batch].to(device))
-                images = [_image_at(read_image(name), size) for name in names] if crf is not None else None
-                clusters = prediction.clusters(crf, images, crf_alpha, map_fn)
-                acc.update(clusters, label)
-                if on_batch is not None:
-                    on_batch(names, clusters.cpu(), label)
+                if crf is None:
+                    finish(names, prediction, None, label)
+                    continue
+                images = [_image_at(read_image(name), size) for name in names]
+                refined = prediction.refine(crf, images, crf_alpha, map_fn)
+                if previous is not None:  # batches finish in order: the same confusion, the same first images
+                    finish(*previous)
+                previous = (names, prediction, refined, label)
+        if previous is not None:
+            finish(*previous)
     matrix = acc.matrix.numpy()
     return Evaluation(hungarian_miou(matrix), matrix, n)
 

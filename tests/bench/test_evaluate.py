@@ -30,5 +30,37 @@ def test_crf_path_keeps_a_clean_prediction_that_agrees_with_the_image():
     scores[0, 1, :, 15:] = 1.0
     scores[0, 2] = 3.0  # unusable segment with the highest score
     pred = Prediction(scores, torch.tensor([[4, 9, -1]]))
-    with_crf = pred.clusters(CRFParams(), [image], alpha=5.0)
+    with_crf = pred.clusters(pred.refine(CRFParams(), [image], alpha=5.0))
     assert torch.equal(with_crf, pred.clusters())
+
+
+def test_crf_evaluation_in_workers_equals_in_process_batch_for_batch():
+    """The CRF of one batch runs in worker processes while the next is predicted: same confusion, same order."""
+    from bench.datasets.base import DatasetSpec
+    from bench.evaluate import evaluate
+    from bench.features import CachedFeatures
+
+    rng = np.random.default_rng(0)
+    n, h, w, size = 11, 3, 4, (12, 16)  # two batches of 8 and 3: the pipelined path and its last batch
+    names = [f"img{i}" for i in range(n)]
+    images = {name: rng.integers(0, 255, (*size, 3), dtype=np.uint8) for name in names}
+    labels = {name: rng.integers(0, 3, size) for name in names}
+    feats = CachedFeatures(torch.randn(n, h, w, 5, dtype=torch.float16), torch.zeros(n, 1, h, w), names, {})
+    spec = DatasetSpec(name="toy", title="toy", class_names=("a", "b", "c"), ignore_index=255, splits={}, how_to_get="")
+    centroids = torch.randn(3, 5)
+
+    def predict(features, out_size, _):
+        scores = (features.float() @ centroids.T).permute(0, 3, 1, 2)
+        return Prediction(torch.nn.functional.interpolate(scores, size=out_size, mode="bilinear"))
+
+    def run(workers):
+        order = []
+        ev = evaluate(predict, feats, spec, labels.__getitem__, 3, torch.device("cpu"), progress=False,
+                      on_batch=lambda names, c, l: order.append((list(names), c)), crf=CRFParams(iterations=3),
+                      read_image=images.__getitem__, crf_alpha=3.0, crf_workers=workers)
+        return ev, order
+
+    (serial, serial_order), (parallel, parallel_order) = run(1), run(2)
+    assert np.array_equal(serial.confusion, parallel.confusion) and serial.confusion.sum() == n * size[0] * size[1]
+    assert [names for names, _ in parallel_order] == [names for names, _ in serial_order] == [names[:8], names[8:]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(serial_order, parallel_order))
