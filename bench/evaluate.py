@@ -36,11 +36,14 @@ class Prediction:
     scores: torch.Tensor  # [B, S, H, W] per-pixel segment scores at the label resolution (higher = closer)
     segment_clusters: torch.Tensor | None = None  # [B, S] cluster of each segment, -1 = unused; None: identity
 
+    def _unused(self) -> torch.Tensor:
+        """[B, S, 1, 1]: the segments without a cluster (they can never win a pixel)."""
+        return (self.segment_clusters < 0)[:, :, None, None]
+
     def _masked_scores(self) -> torch.Tensor:
         if self.segment_clusters is None:
             return self.scores
-        # a segment without a cluster can never win a pixel
-        return self.scores.masked_fill((self.segment_clusters < 0)[:, :, None, None], float("-inf"))
+        return self.scores.masked_fill(self._unused(), float("-inf"))
 
     def refine(self, crf: CRFParams, images: list[np.ndarray], alpha: float = 1.0,
                map_fn: Callable = map) -> Iterable[np.ndarray]:
@@ -58,7 +61,7 @@ class Prediction:
         else:
             probs = torch.stack([torch.from_numpy(q) for q in refined])
             if self.segment_clusters is not None:
-                probs = probs.masked_fill((self.segment_clusters.cpu() < 0)[:, :, None, None], -1.0)
+                probs = probs.masked_fill(self._unused().cpu(), -1.0)
             segments = channel_argmax(probs).to(self.scores.device)
         if self.segment_clusters is None:
             return segments
