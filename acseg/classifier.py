@@ -1,6 +1,8 @@
 """The concept classifier (docs/method.md, step 5): per-image concepts -> dataset-wide classes.
 
-Each concept region is represented by the mean of its pixel features (the region-mean variant); k-means over
+Each concept region is represented either by the mean of its pixel features (the region-mean variant,
+:func:`region_embeddings`) or by the backbone's [CLS] token of its bounding box, cropped and re-encoded (the
+crop variant: :func:`concept_boxes` and :func:`crop_boxes` here, the backbone pass in the harness); k-means over
 the regions of a whole split gives K class centroids; every concept then takes the class of its nearest
 centroid and every pixel the class of its concept.
 
@@ -29,6 +31,53 @@ def region_embeddings(
     counts = one_hot.sum(dim=1)
     sums = one_hot.transpose(1, 2) @ features
     return sums / counts.clamp_min(1).unsqueeze(-1), counts
+
+
+def concept_boxes(assignment: torch.Tensor, n_prototypes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounding box of each concept's patches, in patch units.
+
+    assignment [B, h, w] (hard concept ids) -> (boxes [B, k, 4] long as (top, left, bottom, right) with exclusive
+    bottom/right, present [B, k]). A concept that wins no patch gets the box (0, 0, 0, 0) and present False.
+    """
+    b, h, w = assignment.shape
+    member = F.one_hot(assignment, n_prototypes).bool()  # [B, h, w, k]
+    rows, cols = member.any(2), member.any(1)  # [B, h, k], [B, w, k]: rows / columns the concept touches
+    present = rows.any(1)
+
+    def first(hit: torch.Tensor) -> torch.Tensor:  # index of the first True along dim 1 (0 when none)
+        return hit.int().max(1).indices
+
+    top, left = first(rows), first(cols)
+    bottom, right = h - first(rows.flip(1)), w - first(cols.flip(1))
+    boxes = torch.stack([top, left, bottom, right], -1) * present[..., None]
+    return boxes, present
+
+
+def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, patch: int, size: int) -> torch.Tensor:
+    """Each box of each image, cropped and resized (bilinear) to ``size`` x ``size``, as the ViT re-encodes it.
+
+    images [B, 3, H, W] (H, W = the patch grid x ``patch`` pixels), boxes [B, M, 4] in patch units (from
+    :func:`concept_boxes`) -> crops [B, M, 3, size, size], the same as cutting each box out and resizing it with
+    ``F.interpolate(mode="bilinear")`` (samples clamp at the box's edge, never reach outside it). A box's
+    aspect ratio is not kept: the crop is stretched to the square input, the usual way a region is fed to a
+    classifier. One batched ``grid_sample``, no Python loop over boxes.
+    """
+    b, c, height, width = images.shape
+    m = boxes.shape[1]
+    top, left, bottom, right = (boxes.to(images.dtype) * patch).unbind(-1)  # pixel edges, [B, M]
+    steps = (torch.arange(size, dtype=images.dtype, device=images.device) + 0.5) / size  # output pixel centres
+
+    def source(start, end, extent):  # output centres -> source pixel centres inside [start, end), normalised
+        u = start[..., None] + steps * (end - start)[..., None] - 0.5
+        u = torch.minimum(u, (end - 1)[..., None]).maximum(start[..., None])
+        return (u + 0.5) / extent * 2 - 1  # grid_sample's coordinates (align_corners=False)
+
+    ys, xs = source(top, bottom, height), source(left, right, width)  # [B, M, size]
+    grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), -1)  # [B, M, size, size, 2]
+    sources = images.unsqueeze(1).expand(b, m, c, height, width).reshape(b * m, c, height, width)
+    crops = F.grid_sample(sources, grid.reshape(b * m, size, size, 2), mode="bilinear", padding_mode="border",
+                          align_corners=False)
+    return crops.reshape(b, m, c, size, size)
 
 
 def fit_concept_classifier(

@@ -64,10 +64,15 @@ class ACSeg(nn.Module):
         return emb, counts, s
 
     def forward(self, features: torch.Tensor, out_size: tuple[int, int],
-                cls_attention: torch.Tensor | None = None) -> Segmentation:
-        """features [B, h, w, d]; cls_attention [B, heads, h, w] (needed with the background split)."""
+                cls_attention: torch.Tensor | None = None,
+                region_embeddings: torch.Tensor | None = None) -> Segmentation:
+        """features [B, h, w, d]; cls_attention [B, heads, h, w] (needed with the background split);
+        region_embeddings [B, k, d]: what the classifier sees of each concept instead of its region mean (the
+        re-encoded crops of docs/method.md step 5a, made by the caller, who has the images and the backbone)."""
         b, h, w, _ = features.shape
         emb, counts, s = self.regions(features)
+        if region_embeddings is not None:
+            emb = region_embeddings
         present = counts > 0
         concept_classes = classify_concepts(emb, self.class_centroids, self.cosine).masked_fill(~present, -1)
         if self.background:

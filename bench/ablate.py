@@ -82,6 +82,17 @@ def _backbone(name: str, cfg: Config) -> dict[str, Any]:
             "backbone.weights_label": f"{name} (timm hub weights)"}
 
 
+def _classifier_inputs() -> list[str]:
+    return ["region_mean", "region_mean_centred", "crops"]
+
+
+def _classifier(value: str, cfg: Config) -> dict[str, Any]:
+    """What the concept classifier clusters: region means (of the raw or the centred features), or crops."""
+    if value == "crops":
+        return {"classifier.regions": "crops"}
+    return {"classifier.regions": "mean", "classifier.raw_regions": value == "region_mean"}
+
+
 @dataclass(frozen=True)
 class Axis:
     name: str
@@ -105,10 +116,10 @@ AXES: dict[str, Axis] = {a.name: a for a in [
     Axis("backbone", "a registered backbone (hub weights) or `random` (random weights, the control)",
          _choice("backbone", _backbones), _backbone,
          lambda c: "random" if c.backbone.weights == "random" else c.backbone.name),
-    Axis("classifier", "concept classifier input: raw or centred region means",
-         _choice("classifier", lambda: ["region_mean", "region_mean_centred"]),
-         lambda v, c: {"classifier.raw_regions": v == "region_mean"},
-         lambda c: "region_mean" if c.classifier.raw_regions else "region_mean_centred"),
+    Axis("classifier", "concept classifier input: raw or centred region means, or re-encoded crops ([CLS] of "
+         "each concept's box through the backbone; slow on a CPU)", _choice("classifier", _classifier_inputs),
+         _classifier, lambda c: "crops" if c.classifier.regions == "crops" else
+         "region_mean" if c.classifier.raw_regions else "region_mean_centred"),
     Axis("classes", "K, the clusters of the concept classifier (0: the dataset's classes)", _int("classes"),
          lambda v, c: {"classifier.n_classes": v}, lambda c: c.classifier.n_classes),
 ]}

@@ -177,7 +177,9 @@ def ablate(
     prototypes: AxisOpt = None, loss: AxisOpt = None, depth: AxisOpt = None,
     self_attention: Annotated[Optional[str], typer.Option("--self-attention", help="on,off")] = None,
     feature: AxisOpt = None, backbone: AxisOpt = None,
-    classifier: Annotated[Optional[str], typer.Option(help="region_mean,region_mean_centred")] = None,
+    classifier: Annotated[Optional[str], typer.Option(
+        help="region_mean,region_mean_centred,crops (crops: each concept's box re-encoded by the backbone, "
+             "classifier.crop_size).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="K of the concept classifier, comma list.")] = None,
     sweep_names: Annotated[Optional[str], typer.Option(
         "--sweep", help="Run sweeps of params.yaml's ablations.sweeps by name (comma list; 'all': every one, "

@@ -118,6 +118,11 @@ class ClassifierConfig:
     # 2-means over their summed last-layer [CLS] attention are background (class K-1); k-means makes K-1 classes
     background: str = added("none")  # none | cls_attention
     overcluster_k: int = added(0)  # >0: also fit K' > classes for the separate over-clustering metric
+    # What represents a concept region (docs/method.md step 5a): "mean" = the mean of its pixel features;
+    # "crops" = its bounding box cropped from the image, resized to crop_size x crop_size and re-encoded by the
+    # backbone, the [CLS] token (a backbone pass per concept: minutes on a CPU for a CamVid split)
+    regions: str = added("mean")  # mean | crops
+    crop_size: int = added(224)  # crops only: the backbone's square input (a multiple of its patch size)
 
 
 @dataclass
@@ -412,6 +417,7 @@ def apply_environment(cfg: Config, env: typing.Mapping[str, str]) -> None:
 
 
 BACKGROUND_SPLITS = ("none", "cls_attention")
+REGION_INPUTS = ("mean", "crops")  # classifier.regions
 
 
 def validate(cfg: Config) -> None:
@@ -458,6 +464,8 @@ def validate(cfg: Config) -> None:
     need(cfg.ablations.train_steps >= 1, "ablations.train_steps", "must be >= 1")
     need(cfg.ablations.jobs >= 1, "ablations.jobs", "must be >= 1")
     need(cfg.crf.workers >= 0, "crf.workers", "must be >= 0 (0: one process per CPU core)")
+    need(cfg.classifier.regions in REGION_INPUTS, "classifier.regions", f"must be one of {REGION_INPUTS}")
+    need(cfg.classifier.crop_size >= 1, "classifier.crop_size", "must be >= 1 (pixels)")
     need(cfg.classifier.background in BACKGROUND_SPLITS, "classifier.background", f"must be one of {BACKGROUND_SPLITS}")
     from bench.datasets import DATASETS
 

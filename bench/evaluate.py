@@ -3,8 +3,9 @@
 Memory does not grow with the split: only the current batch's predictions (and, with a CRF, the previous batch's,
 whose CRF runs in worker processes meanwhile) and the K x C matrix are held.
 Every method (ACSeg, k-means, STEGO) is evaluated by this one function through a ``predict`` callable:
-cached features [B, h, w, d], the label size and the cached [CLS] attention
-[B, heads, h, w] (ACSeg's background split) -> a :class:`Prediction` (per-pixel segment scores at the
+cached features [B, h, w, d], the label size, the cached [CLS] attention
+[B, heads, h, w] (ACSeg's background split) and the images' names (ACSeg's re-encoded crops read the images)
+-> a :class:`Prediction` (per-pixel segment scores at the
 label resolution). Without a CRF the argmax picks each pixel's segment; with one, the softmax of the scores is
 the CRF's unary and the argmax is taken after it. A segment is a cluster (k-means, STEGO) or a concept that
 carries its cluster (ACSeg).
@@ -87,7 +88,7 @@ def crf_pool(workers: int) -> Iterator[Callable]:
         yield pool.map
 
 
-Predict = Callable[[torch.Tensor, tuple[int, int], torch.Tensor], Prediction]
+Predict = Callable[[torch.Tensor, tuple[int, int], torch.Tensor, list[str]], Prediction]
 
 
 @dataclass
@@ -135,7 +136,8 @@ def evaluate(
                 names = feats.names[batch]
                 label = torch.stack(labels[first:last])
                 size = tuple(label.shape[1:])
-                prediction = predict(feats.features[batch].to(device), size, feats.cls_attention[batch].to(device))
+                prediction = predict(feats.features[batch].to(device), size, feats.cls_attention[batch].to(device),
+                                     names)
                 if crf is None:
                     finish(names, prediction, None, label)
                     continue

@@ -23,6 +23,7 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
 
     from acseg.features import ViTFeatures
     from bench.backbones import load_backbone
+    from bench.crops import crop_embeddings
     from bench.runs import load_model, run_dir
 
     paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(images).is_dir() else []
@@ -35,6 +36,7 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
         raise DatasetError(f"the model in {run_dir(cfg, 'acseg', seed)} was trained on backbone weights "
                            f"{saved['weights_sha256'][:16]}, but the params load {checksum[:16]}")
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
+    fitted_on = saved.get("config", {}).get("classifier", {})  # what the model's classifier was fitted on
     metrics_path = run_dir(cfg, "acseg", seed) / "metrics.json"
     mapping = np.array(json.loads(metrics_path.read_text())["mapping"]) if metrics_path.is_file() else None
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,12 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
             x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(device) / 255
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             extracted = extractor(x)
-            classes = model(extracted["features"], rgb.shape[:2], extracted["cls_attention"]).classes[0].cpu().numpy()
+            regions = None
+            if fitted_on.get("regions") == "crops":  # the classifier was fitted on re-encoded crops: re-encode these
+                regions = crop_embeddings(model, extractor, extracted["features"], x, extractor.patch_size,
+                                          fitted_on["crop_size"], cfg.features.batch_size)
+            classes = model(extracted["features"], rgb.shape[:2], extracted["cls_attention"],
+                            regions).classes[0].cpu().numpy()
             if mapping is not None:
                 classes = mapping[classes]
             Image.fromarray(classes.astype(np.uint8)).save(out / f"{path.stem}.png")

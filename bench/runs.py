@@ -176,15 +176,16 @@ def _concept_prediction(seg):
 
 
 def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
-    """(predict(features, size) -> Prediction, weights sha256, extra metrics)."""
+    """(predict(features, size, cls_attention, names) -> Prediction, weights sha256, extra metrics)."""
     from bench.evaluate import Prediction
 
     if method == "acseg":
         model, saved = load_model(cfg, seed, device)
         counts: list[torch.Tensor] = []
+        crops = _crop_encoder(cfg, device)
 
-        def predict(features, size, cls_attention):
-            seg = model(features, size, cls_attention)
+        def predict(features, size, cls_attention, names):
+            seg = model(features, size, cls_attention, crops(model, features, names) if crops else None)
             counts.append(seg.n_concepts.cpu())
             return Prediction(*_concept_prediction(seg))
 
@@ -197,11 +198,20 @@ def build_predictor(cfg: Config, method: str, seed: int, device: torch.device):
     if method == "kmeans":
         model, sha = fitted_kmeans(cfg, seed)
         model = model.to(device)
-        return (lambda f, s, a: Prediction(model(f, s))), sha, lambda: ({}, None)
+        return (lambda f, s, a, n: Prediction(model(f, s))), sha, lambda: ({}, None)
     if method == "stego":
         model, saved = load_stego(cfg, seed, device)
-        return (lambda f, s, a: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
+        return (lambda f, s, a, n: Prediction(model(f, s))), saved["weights_sha256"], lambda: ({}, None)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def _crop_encoder(cfg: Config, device: torch.device):
+    """The evaluation split's crop encoder when ACSeg's classifier reads re-encoded crops, else None."""
+    if cfg.classifier.regions != "crops":
+        return None
+    from bench.crops import CropEncoder
+
+    return CropEncoder(cfg, cfg.data.eval_split, device)
 
 
 def fitted_kmeans(cfg: Config, seed: int):
@@ -244,11 +254,17 @@ def build_overcluster_predictor(cfg: Config, method: str, seed: int, device: tor
         model = build_model(cfg, saved["feature_dim"], torch.zeros(saved["feature_dim"]), k)
         model.load_state_dict({**saved["state_dict"], "class_centroids": saved["overcluster_centroids"]})
         model = model.to(device).eval()
-        return lambda f, s, a: Prediction(*_concept_prediction(model(f, s, a)))
+        crops = _crop_encoder(cfg, device)
+
+        def predict(features, size, cls_attention, names):
+            regions = crops(model, features, names) if crops else None
+            return Prediction(*_concept_prediction(model(features, size, cls_attention, regions)))
+
+        return predict
     from bench.baselines import fit_kmeans_baseline
 
     fitted = fit_kmeans_baseline(cfg, load_features(cfg, cfg.data.cluster_split), k, seed).to(device)
-    return lambda f, s, a: Prediction(fitted(f, s))
+    return lambda f, s, a, n: Prediction(fitted(f, s))
 
 
 def run_evaluate(cfg: Config, method: str, seed: int, progress: bool = True, qualitative: int = 4,

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -117,15 +118,21 @@ def _loss_kwargs(cfg: Config) -> dict:
 
 @torch.no_grad()
 def collect_regions(model: ACSeg, feats: torch.Tensor, device: torch.device, batch_size: int = 16,
-                    cls_attention: torch.Tensor | None = None):
-    """Region embeddings [M, d] and pixel counts [M] of every concept that wins a patch, over a whole split.
+                    cls_attention: torch.Tensor | None = None, names: list[str] | None = None,
+                    crops: Callable | None = None, progress: bool = False):
+    """Region embeddings [M, D] and pixel counts [M] of every concept that wins a patch, over a whole split.
 
-    With ``cls_attention`` [N, heads, h, w] (the background split), background concepts are left out."""
+    The embedding is the region's mean feature, or with ``crops`` (a :class:`bench.crops.CropEncoder`, which
+    needs the images' ``names``) the [CLS] of its re-encoded crop. With ``cls_attention`` [N, heads, h, w] (the
+    background split), background concepts are left out."""
     model.eval()
     embeddings, sizes = [], []
-    for start in range(0, feats.shape[0], batch_size):
+    for start in tqdm(range(0, feats.shape[0], batch_size), desc="concept crops", disable=not progress,
+                      unit="batch"):
         part = feats[start : start + batch_size].to(device)
         emb, counts, s = model.regions(part)
+        if crops is not None:
+            emb = crops(model, part, names[start : start + batch_size])
         keep = counts > 0
         if cls_attention is not None:
             attention = cls_attention[start : start + batch_size].to(device)
@@ -136,11 +143,17 @@ def collect_regions(model: ACSeg, feats: torch.Tensor, device: torch.device, bat
 
 
 def classifier_centroids(cfg: Config, model: ACSeg, feats: CachedFeatures, n_classes: int, seed: int,
-                         device: torch.device) -> tuple[torch.Tensor, int]:
+                         device: torch.device, progress: bool = False) -> tuple[torch.Tensor, int]:
     """k-means over a split's concept regions into K classes (K-1 and background with the background split):
-    (centroids, number of regions)."""
+    (centroids, number of regions). The regions are what classifier.regions says: means or re-encoded crops."""
     attention = feats.cls_attention if model.background else None
-    regions, sizes = collect_regions(model, feats.features, device, cls_attention=attention)
+    crops = None
+    if cfg.classifier.regions == "crops":
+        from bench.crops import CropEncoder
+
+        crops = CropEncoder(cfg, feats.meta["split"], device)
+    regions, sizes = collect_regions(model, feats.features, device, cls_attention=attention, names=feats.names,
+                                     crops=crops, progress=progress and crops is not None)
     k = n_classes - int(model.background)
     if regions.shape[0] < k:
         raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the training split, fewer than "
@@ -152,9 +165,9 @@ def classifier_centroids(cfg: Config, model: ACSeg, feats: CachedFeatures, n_cla
 
 
 def fit_classifier(cfg: Config, model: ACSeg, train: CachedFeatures, n_classes: int, seed: int,
-                   device: torch.device) -> int:
+                   device: torch.device, progress: bool = False) -> int:
     """k-means over the training split's concept regions into K classes; returns the number of regions."""
-    centroids, n_regions = classifier_centroids(cfg, model, train, n_classes, seed, device)
+    centroids, n_regions = classifier_centroids(cfg, model, train, n_classes, seed, device, progress)
     model.class_centroids.copy_(centroids.to(device))
     return n_regions
 
@@ -163,5 +176,5 @@ def train_acseg(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, d
                 progress: bool = True, cluster: CachedFeatures | None = None) -> tuple[ACSeg, TrainHistory, int]:
     """Train the generator on ``train``; fit the classifier on ``cluster`` (default: the same features)."""
     model, history = train_generator(cfg, seed, train, n_classes, device, progress)
-    n_regions = fit_classifier(cfg, model, cluster or train, n_classes, seed, device)
+    n_regions = fit_classifier(cfg, model, cluster or train, n_classes, seed, device, progress)
     return model, history, n_regions

@@ -85,3 +85,61 @@ def test_background_concepts_take_the_background_class():
     assert (seg.concept_classes[is_background] == 2).all() and (seg.concept_classes[~is_background] < 2).all()
     with pytest.raises(ValueError, match="needs the \\[CLS\\] attention"):
         model(feats, (8, 10))
+
+
+def test_concept_boxes_bound_each_concepts_patches():
+    from acseg.classifier import concept_boxes
+
+    a = torch.zeros(2, 4, 5, dtype=torch.long)
+    a[0, 1:3, 2:5] = 2  # a 2x3 block
+    a[0, 3, 0] = 1  # one patch
+    a[1, 0, 4] = 3  # image 2: two separate patches of one concept -> the box spans both
+    a[1, 3, 1] = 3
+    boxes, present = concept_boxes(a, 4)
+    assert present.tolist() == [[True, True, True, False], [True, False, False, True]]
+    assert boxes[0].tolist() == [[0, 0, 4, 5], [3, 0, 4, 1], [1, 2, 3, 5], [0, 0, 0, 0]]
+    assert boxes[1, 3].tolist() == [0, 1, 4, 5]
+
+
+def test_crop_boxes_cut_exactly_the_box_and_resize_it():
+    from acseg.classifier import crop_boxes
+
+    patch = 2
+    image = torch.zeros(1, 3, 8, 10)
+    image[0, :, 2:6, 4:10] = torch.tensor([0.2, 0.5, 0.9])[:, None, None]  # patches rows 1..3, columns 2..5
+    image[0, :, 0:2, 0:2] = 1.0
+    boxes = torch.tensor([[[1, 2, 3, 5], [0, 0, 1, 1], [0, 0, 4, 5]]])
+    crops = crop_boxes(image, boxes, patch, size=6)
+    assert crops.shape == (1, 3, 3, 6, 6)
+    assert torch.allclose(crops[0, 0], torch.tensor([0.2, 0.5, 0.9])[:, None, None].expand(3, 6, 6))  # box = block
+    assert torch.allclose(crops[0, 1], torch.ones(3, 6, 6))  # a one-patch box, upsampled
+    whole = crop_boxes(image, boxes[:, 2:], patch, size=10)[0, 0]  # the whole image at a size: a plain resize
+    assert torch.allclose(whole, torch.nn.functional.interpolate(image, size=(10, 10), mode="bilinear")[0], atol=1e-5)
+
+
+def test_region_embeddings_from_elsewhere_replace_the_region_means():
+    torch.manual_seed(0)
+    model = ACSeg(ConceptGenerator(8, n_prototypes=4, depth=1, heads=2, mlp_width=16), torch.zeros(8), n_classes=2)
+    model.class_centroids.copy_(torch.eye(8)[:2])
+    feats = torch.randn(1, 3, 3, 8)
+    seg = model(feats, (3, 3))
+    towards = torch.zeros(1, 4, 8)
+    towards[..., 1] = 1.0  # every concept's crop points at class 1
+    crops = model(feats, (3, 3), region_embeddings=towards)
+    used = seg.concept_classes >= 0
+    assert (crops.concept_classes[used] == 1).all() and (crops.concept_classes[~used] == -1).all()
+    assert torch.equal(crops.concepts, seg.concepts)  # only the classes change, never the segments
+
+
+def test_crop_boxes_equal_cutting_out_and_resizing():
+    from acseg.classifier import crop_boxes
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 12, 15, generator=g)
+    boxes = torch.tensor([[[1, 2, 3, 5], [0, 0, 4, 5]], [[2, 1, 4, 2], [3, 4, 4, 5]]])
+    crops = crop_boxes(image, boxes, 3, size=7)
+    for i in range(2):
+        for j in range(2):
+            t, l, bo, r = (boxes[i, j] * 3).tolist()
+            cut = torch.nn.functional.interpolate(image[i : i + 1, :, t:bo, l:r], size=(7, 7), mode="bilinear")
+            assert torch.allclose(crops[i, j], cut[0], atol=1e-5)

@@ -156,3 +156,44 @@ def test_two_processes_asking_for_one_cache_entry_compute_it_once(workdir):  # n
         counts = list(pool.map(_ensure_in_child, *[[a, a] for a in args]))
     assert sorted(counts) == [0, 1]  # one extracted, the other waited on the lock and read the entry
     assert cache.is_valid(cache.cache_dir(cfg, "val"), cache.expected_meta(cfg, "val"))
+
+
+def test_a_crops_point_reencodes_the_concepts_and_changes_only_the_classifier(workdir):  # noqa: F811
+    """classifier=crops: the same concepts (same generator), a classifier fitted on the backbone's [CLS] of each
+    concept's re-encoded box, evaluated the same way."""
+    import torch
+
+    invoke("fetch")
+    invoke("features", "--quiet")
+    out = invoke("ablate", "--classifier", "crops", "--seeds", "0", "--quiet", "--runs-dir", "runs/abl",
+                 "--out", "reports/crops.csv", "-s", "classifier.crop_size=56")
+    assert "classifier=crops seed 0: mIoU" in out
+    df = pd.read_csv(workdir / "reports/crops.csv")
+    assert sorted(df.value) == ["crops", "region_mean"] and df.miou.between(0, 100).all()
+    mean = torch.load(workdir / "runs/abl/default/acseg/seed0/model.pt", weights_only=False)
+    crops = torch.load(workdir / "runs/abl/classifier/classifier=crops/acseg/seed0/model.pt", weights_only=False)
+    generator = [k for k in mean["state_dict"] if k.startswith("generator.")]
+    assert all(torch.equal(mean["state_dict"][k], crops["state_dict"][k]) for k in generator)
+    assert not torch.allclose(mean["state_dict"]["class_centroids"], crops["state_dict"]["class_centroids"])
+    assert crops["config"]["classifier"]["regions"] == "crops"
+
+    # predict on new images re-encodes their concepts' crops the same way (the saved model says how it was fitted)
+    from pathlib import Path
+
+    import yaml
+
+    images = workdir / "imgs"
+    images.mkdir()
+    src = Path(yaml.safe_load((workdir / "params.yaml").read_text())["data"]["local_copy"]) / "val"
+    first = sorted(src.iterdir())[0]
+    (images / first.name).write_bytes(first.read_bytes())
+    invoke("predict", str(images), str(workdir / "pred"), "-s", "run.runs_dir=runs/abl/classifier/classifier=crops")
+    assert (workdir / "pred" / first.name).is_file()
+
+
+def test_a_crop_size_off_the_patch_grid_is_a_clear_error(workdir):  # noqa: F811
+    invoke("fetch")
+    invoke("features", "--quiet")
+    result = runner.invoke(app, ["ablate", "--classifier", "crops", "--seeds", "0", "--quiet", "--runs-dir",
+                                 "runs/abl", "-s", "classifier.crop_size=50"])
+    assert result.exit_code != 0 and "classifier.crop_size=50: must be a multiple of the patch size 14" in result.output

@@ -49,7 +49,7 @@ def test_crf_evaluation_in_workers_equals_in_process_batch_for_batch():
     spec = DatasetSpec(name="toy", title="toy", class_names=("a", "b", "c"), ignore_index=255, splits={}, how_to_get="")
     centroids = torch.randn(3, 5)
 
-    def predict(features, out_size, _):
+    def predict(features, out_size, _, names):
         scores = (features.float() @ centroids.T).permute(0, 3, 1, 2)
         return Prediction(torch.nn.functional.interpolate(scores, size=out_size, mode="bilinear"))
 

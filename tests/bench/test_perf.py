@@ -80,6 +80,10 @@ def test_ratios_are_the_ratios_of_the_measured_rates(perf_run):
     assert v["feature_overhead_ratio"] == approx(v["features_bare_timm_images_per_s"] / v["features_pipeline_images_per_s"])
     assert v["concept_step_speedup_vs_kmeans"] == approx(v["concept_step_images_per_s"] / v["kmeans_per_image_images_per_s"])
     assert v["concept_step_speedup_vs_spectral"] == approx(v["concept_step_images_per_s"] / v["spectral_per_image_images_per_s"])
+    assert v["concept_step_speedup_vs_sklearn_kmeans"] == approx(
+        v["concept_step_images_per_s"] / v["kmeans_sklearn_ninit_auto_per_image_images_per_s"])
+    assert v["concept_step_speedup_vs_sklearn_kmeans_ninit10"] == approx(
+        v["concept_step_images_per_s"] / v["kmeans_sklearn_ninit_10_per_image_images_per_s"])
     assert v["eval_peak_rss_ratio_2x_split"] == approx(v["eval_peak_rss_mb_2x"] / v["eval_peak_rss_mb_1x"])
     assert rows["feature_overhead_ratio"]["unit"] == "x" and rows["eval_peak_rss_mb_1x"]["unit"] == "MB"
 
@@ -91,6 +95,8 @@ def test_markdown_says_how_it_was_made_and_the_real_cache_is_untouched(perf_run)
     assert "untrained model of the configured size" in md  # no runs/acseg/seed0/model.pt in this folder
     assert "bash pipelines/time_repro.sh" in md  # how to get the dvc repro timings
     assert "| feature_overhead_ratio |" in md and "in batches of 8" in md
+    assert "- the concept step >= 20x faster than per-image k-means:" in md
+    assert "vs scikit-learn's KMeans with 10 restarts" in md and ("x, met" in md or "x, NOT met" in md)
     assert sorted(str(p.relative_to(tmp)) for p in (tmp / "cache").rglob("*")) == cache_before
     from bench.datasets import DATASETS
 
