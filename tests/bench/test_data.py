@@ -86,3 +86,18 @@ def test_truncated_download_is_reported_and_leaves_nothing(synthetic_dataset, tm
     with pytest.raises(DatasetError, match="truncated or corrupt"):
         fetch(spec, None, str(tmp_path / "raw"))
     assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_atomic_path_publishes_only_a_completed_write(tmp_path):
+    from bench.data import atomic_path, write_text_atomic
+
+    target = tmp_path / "sub" / "out.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+    assert target.read_text() == "old"  # the previous complete file stands
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]  # and no temporary file is left
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["out.json"]

@@ -155,12 +155,13 @@ def test_interrupted_training_leaves_no_model_and_a_rerun_restarts_cleanly(tmp_p
     with pytest.raises(OSError, match="disk full"):
         run_train(cfg, 0, progress=False)
     assert not (out / "model.pt").exists() and not (out / "train_summary.json").exists()
+    assert not (out / ".model.pt.tmp").exists()  # the half-written temporary file is removed with the error
     with pytest.raises(FileNotFoundError, match="no trained model"):
         load_model(cfg, 0, torch.device("cpu"))
     monkeypatch.setattr(bench.runs.torch, "save", real_save)
 
     run_train(cfg, 0, progress=False)
-    assert not (out / ".model.pt.tmp").exists()  # the rerun's rename also takes the leftover temporary file away
+    assert not (out / ".model.pt.tmp").exists()
     model, saved = load_model(cfg, 0, torch.device("cpu"))
     assert saved["feature_dim"] == DIM
     summary = json.loads((out / "train_summary.json").read_text())
