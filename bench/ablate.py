@@ -201,7 +201,7 @@ def budget(cfg: Config) -> Config:
 
 
 ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
-               "final_loss", "steps_per_second", "train_steps", "backbone", "weights", "feature_type", "resolution",
+               "final_loss", "steps_per_second", "torch_threads", "train_steps", "backbone", "weights", "feature_type", "resolution",
                "crf", "config_hash", "run"]
 
 
@@ -228,8 +228,8 @@ def _splits(cfg: Config) -> list[str]:
 
 
 def _worker_init(threads: int, datasets: list) -> None:
-    """A sweep worker: its share of the cores, and the parent's dataset registry (which may hold datasets
-    registered at run time)."""
+    """A sweep worker: its share of the cores (for evaluation; training runs on run.train_threads), and the
+    parent's dataset registry (which may hold datasets registered at run time)."""
     import torch
 
     from bench.datasets import register_dataset
@@ -249,8 +249,8 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
           name: str | None = None) -> Path:
     """Every point x seed, one MLflow parent run for the sweep (each run nested in it), rows to ``out_csv``.
 
-    ``jobs`` > 1 trains that many points at once in worker processes, each with cores / jobs threads. The
-    feature caches every point needs are made first, in this process, so workers only read them; every
+    ``jobs`` > 1 trains that many points at once in worker processes, each evaluating with cores / jobs threads
+    and training with run.train_threads (so the numbers do not depend on ``jobs``). The feature caches every point needs are made first, in this process, so workers only read them; every
     point x seed writes its own run folder, so no two workers write the same file.
     """
     import pandas as pd
@@ -348,4 +348,4 @@ def _training(cfg: Config, seed: int) -> dict:
     if not path.is_file():
         return {}
     summary = json.loads(path.read_text())
-    return {k: summary.get(k) for k in ("final_loss", "steps_per_second")}
+    return {k: summary.get(k) for k in ("final_loss", "steps_per_second", "torch_threads")}

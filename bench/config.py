@@ -182,6 +182,11 @@ class RunConfig:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "acseg-bench"
     parent_run_id: str | None = field(default=None, metadata=NOT_IDENTITY)  # set by sweeps: runs nest under it
+    # torch's CPU threads while a model trains (ACSeg: generator and classifier; STEGO). The thread count changes
+    # the order of float sums, and ACSeg's training amplifies that into points of mIoU, so it is part of the
+    # configuration: with it fixed, a run's numbers do not depend on the machine's cores or on `ablate --jobs`.
+    # 0: torch's default (one thread per core). Evaluation does not depend on it and uses every core.
+    train_threads: int = added(1)
 
 
 @dataclass
@@ -192,7 +197,7 @@ class AblationConfig:
 
     sweeps: dict[str, dict[str, str]] = field(default_factory=dict)
     train_steps: int = 100  # the ablations' training budget (every point, the default included)
-    jobs: int = 1  # points trained at once (each with cores / jobs threads)
+    jobs: int = 1  # points trained at once (each evaluating with cores / jobs threads; training: run.train_threads)
     runs_dir: str = "runs/ablations"
     csv_dir: str = "reports/ablations"  # one CSV per sweep
     out_csv: str = "reports/ablations.csv"  # every sweep's rows
@@ -464,6 +469,7 @@ def validate(cfg: Config) -> None:
     need(cfg.ablations.train_steps >= 1, "ablations.train_steps", "must be >= 1")
     need(cfg.ablations.jobs >= 1, "ablations.jobs", "must be >= 1")
     need(cfg.crf.workers >= 0, "crf.workers", "must be >= 0 (0: one process per CPU core)")
+    need(cfg.run.train_threads >= 0, "run.train_threads", "must be >= 0 (0: torch's default, one per core)")
     need(cfg.classifier.regions in REGION_INPUTS, "classifier.regions", f"must be one of {REGION_INPUTS}")
     need(cfg.classifier.crop_size >= 1, "classifier.crop_size", "must be >= 1 (pixels)")
     need(cfg.classifier.background in BACKGROUND_SPLITS, "classifier.background", f"must be one of {BACKGROUND_SPLITS}")

@@ -568,13 +568,9 @@ def run_suite(cfg: Config, images: int = 24, memory_images: int = 150, steps: in
 
 
 def machine(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
+    from bench.tracking import cpu_name
+
+    info = {"cpu": cpu_name(), "cores": str(os.cpu_count()), "torch": torch.__version__,
             "torch threads": str(torch.get_num_threads()),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"), "python": platform.python_version(),
             "device": str(device)}

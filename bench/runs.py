@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -85,6 +87,19 @@ def load_model(cfg: Config, seed: int, device: torch.device):
     return model.to(device).eval(), saved
 
 
+@contextmanager
+def training_threads(cfg: Config) -> Iterator[int]:
+    """torch's CPU thread count set to run.train_threads inside the block (0: left as it is), restored after;
+    yields the count in use."""
+    before = torch.get_num_threads()
+    if cfg.run.train_threads:
+        torch.set_num_threads(cfg.run.train_threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
     from bench.train import train_acseg
 
@@ -92,16 +107,19 @@ def run_train(cfg: Config, seed: int, progress: bool = True) -> Path:
     train = load_features(cfg, cfg.data.train_split)
     k = n_clusters(cfg, "acseg")
     cluster = load_features(cfg, cfg.data.cluster_split) if cfg.data.cluster_split != cfg.data.train_split else None
-    model, history, n_regions = train_acseg(cfg, seed, train, k, device, progress=progress, cluster=cluster)
-    extra = {"feature_dim": train.features.shape[-1], "n_classes": k, "weights_sha256": train.meta["weights_sha256"]}
-    if cfg.classifier.overcluster_k:  # a second classifier with K' > classes, for the over-clustering metric only
-        from bench.train import classifier_centroids
+    with training_threads(cfg) as threads:
+        model, history, n_regions = train_acseg(cfg, seed, train, k, device, progress=progress, cluster=cluster)
+        extra = {"feature_dim": train.features.shape[-1], "n_classes": k,
+                 "weights_sha256": train.meta["weights_sha256"]}
+        if cfg.classifier.overcluster_k:  # a second classifier with K' > classes, for the over-clustering metric
+            from bench.train import classifier_centroids
 
-        centroids, _ = classifier_centroids(cfg, model, cluster or train, cfg.classifier.overcluster_k, seed, device)
-        extra["overcluster_centroids"] = centroids.cpu()
+            centroids, _ = classifier_centroids(cfg, model, cluster or train, cfg.classifier.overcluster_k, seed,
+                                                device)
+            extra["overcluster_centroids"] = centroids.cpu()
     log_lines = ["step,loss,lr"] + [f"{s},{l:.6f},{r:.3e}" for s, l, r in zip(history.steps, history.loss, history.lr)]
     return save_training(cfg, "acseg", seed, train, model, extra, history, log_lines,
-                         {"concept_regions": n_regions}, {},
+                         {"concept_regions": n_regions, "torch_threads": threads}, {},
                          f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
 
 
@@ -141,14 +159,15 @@ def run_train_stego(cfg: Config, seed: int, progress: bool = True) -> Path:
     train = load_features(cfg, cfg.data.train_split)
     ensure_knn(cfg, cfg.data.train_split, train)
     k = n_clusters(cfg, "stego")
-    model, history = train_stego(cfg, seed, train, load_knn(cfg, cfg.data.train_split), k, device, progress)
+    with training_threads(cfg) as threads:
+        model, history = train_stego(cfg, seed, train, load_knn(cfg, cfg.data.train_split), k, device, progress)
     names = ["self", "knn", "rand", "probe"]
     log_lines = ["step,loss," + ",".join(names)] + [
         f"{step},{loss:.6f}," + ",".join(f"{history.terms[n][i]:.6f}" for n in names)
         for i, (step, loss) in enumerate(zip(history.steps, history.loss))]
     extra = {"feature_dim": train.features.shape[-1], "n_classes": k, "weights_sha256": train.meta["weights_sha256"]}
     return save_training(cfg, "stego", seed, train, model, extra, history, log_lines,
-                         history.correlation_summary(),
+                         {**history.correlation_summary(), "torch_threads": threads},
                          {f"loss_{n}": list(zip(history.steps, history.terms[n])) for n in names},
                          f"STEGO correspondence loss, seed {seed}")
 
@@ -406,13 +425,14 @@ def collect_results(cfg: Config) -> Path:
         folder = path.parent.parent if path.parent.name == "crf" else path.parent
         trained = folder / "train_summary.json"  # trained methods: training speed and final loss
         if trained.is_file():
-            row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss")})
+            row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss", "torch_threads")})
         row.update({f"iou_{c}": v for c, v in row.get("per_class_iou", {}).items()})  # the report's heatmap
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
     per_class = list(dict.fromkeys(c for row in rows for c in row if c.startswith("iou_")))
-    extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss")
+    extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss",
+                         "torch_threads")
              + OVERCLUSTER_COLUMNS
              if c in pd.DataFrame(rows)] + per_class
     df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), else what :mod:`platform` knows."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, method: str) -> dict[str, str]:
+    # cpu: ACSeg's training amplifies float-rounding differences, so the same config and seed reproduce a number
+    # bit for bit only on the same kind of processor (the thread count is in the config: run.train_threads).
     return {
         "git_commit": git_commit(),
         "method": method,
@@ -42,6 +54,7 @@ def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, metho
         "split": split,
         "seed": str(seed),
         "config_hash": cfg.hash(),
+        "cpu": cpu_name(),
     }
 
 
