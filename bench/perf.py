@@ -628,7 +628,7 @@ def write_report(rows: list[Measure], out: str | Path, command: str, machine_inf
               "exactly its N (or 2N) images, as `load_features` reads a split's entry; peak RSS is the child's "
               "VmHWM (its `ru_maxrss` would include the parent's peak, which Linux carries over fork and exec)."]
     if "dvc_repro_cold_s" not in by_name:
-        lines += ["- `dvc_repro_cold_s` and `dvc_repro_warm_s` are not measured by this command (about 55 "
+        lines += ["- `dvc_repro_cold_s` and `dvc_repro_warm_s` are not measured by this command (25-55 "
                   "minutes): run `bash pipelines/time_repro.sh`, which writes `reports/repro_timing.json`, then "
                   "this command again to copy them here."]
     write_text_atomic(md_path, "\n".join(lines) + "\n")
