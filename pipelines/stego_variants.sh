@@ -15,4 +15,4 @@ variant cityscapes_preset --preset stego_cityscapes                   # the othe
 variant centred -s stego.centre=true                                  # DINOv2's common component removed
 variant no_random_negatives -s stego.w_rand=0                         # only the self and k-NN terms
 variant steps5000 -s stego.steps=5000                                 # STEGO's published number of steps
-acseg-bench results -s run.runs_dir=runs_stego_variants -s run.results_csv=reports/stego_variants.csv
+bash pipelines/collect_variants.sh runs_stego_variants reports/stego_variants.csv
