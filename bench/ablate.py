@@ -201,8 +201,8 @@ def budget(cfg: Config) -> Config:
 
 
 ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
-               "final_loss", "steps_per_second", "torch_threads", "train_steps", "backbone", "weights", "feature_type", "resolution",
-               "crf", "config_hash", "run"]
+               "final_loss", "steps_per_second", "torch_threads", "train_steps", "backbone", "weights",
+               "feature_type", "resolution", "crf", "config_hash", "run"]
 
 
 def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
@@ -250,8 +250,9 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     """Every point x seed, one MLflow parent run for the sweep (each run nested in it), rows to ``out_csv``.
 
     ``jobs`` > 1 trains that many points at once in worker processes, each evaluating with cores / jobs threads
-    and training with run.train_threads (so the numbers do not depend on ``jobs``). The feature caches every point needs are made first, in this process, so workers only read them; every
-    point x seed writes its own run folder, so no two workers write the same file.
+    and training with run.train_threads (so the numbers do not depend on ``jobs``). The feature caches every
+    point needs are made first, in this process, so workers only read them; every point x seed writes its own
+    run folder, so no two workers write the same file.
     """
     import pandas as pd
 

@@ -425,7 +425,8 @@ def collect_results(cfg: Config) -> Path:
         folder = path.parent.parent if path.parent.name == "crf" else path.parent
         trained = folder / "train_summary.json"  # trained methods: training speed and final loss
         if trained.is_file():
-            row.update({k: v for k, v in json.loads(trained.read_text()).items() if k in ("steps_per_second", "final_loss", "torch_threads")})
+            summary = json.loads(trained.read_text())
+            row.update({k: v for k, v in summary.items() if k in ("steps_per_second", "final_loss", "torch_threads")})
         row.update({f"iou_{c}": v for c, v in row.get("per_class_iou", {}).items()})  # the report's heatmap
         rows.append(row)
     if not rows:
