@@ -72,7 +72,7 @@ def fetch_record(spec: DatasetSpec, splits: dict[str, int], root: Path) -> dict:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary sibling of ``path`` to write; renamed onto ``path`` only when the block completes, so a reader
-    never sees a half-written file. A block that raises leaves neither ``path`` nor its temporary file."""
+    never sees a half-written file. A block that raises leaves ``path`` as it was and removes the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

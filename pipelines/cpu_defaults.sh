@@ -2,8 +2,8 @@
 # Evidence for the CPU defaults in params.yaml: each variant changes one choice from the defaults, trains and
 # evaluates ACSeg (seed 0) through the ordinary CLI into runs_variants/<name>/, and the results land in
 # reports/cpu_defaults.csv (one row per run; steps/s and final loss from training, concepts per image).
-# Run from the repository root with the environment of the README (about 10 minutes on this 2-core Intel Xeon, 30 on the previous AMD EPYC;
-# it reuses the feature cache of `dvc repro`, and extracts attention keys once for the `keys` variant).
+# Run from the repository root with the environment of the README (about 6 minutes on a 2-core Intel Xeon,
+# 30 on a 2-core AMD EPYC; it reuses the feature cache of `dvc repro`, keys included).
 set -euo pipefail
 seed=0
 variant() {
