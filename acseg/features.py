@@ -69,3 +69,10 @@ class ViTFeatures(nn.Module):
 def _patch_size(vit: nn.Module) -> int:
     size = vit.patch_embed.patch_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def centred_pixels(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Cached patch features [B, h, w, d] -> pixels [B, n, d] in float, minus the dataset's mean feature (zeros
+    when a method does not centre). Every method prepares its input with this one function."""
+    b, h, w, d = features.shape
+    return features.reshape(b, h * w, d).float() - mean

@@ -6,7 +6,7 @@ Used by the concept classifier (k-means over concept-region embeddings) and by t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ class KMeansResult:
     centroids: torch.Tensor  # [K, d]
     labels: torch.Tensor  # [N]
     inertia: float  # sum of squared distances (euclidean) or of 1 - cos (cosine)
+    inertias: list[float] = field(default_factory=list)  # every restart's, in order (the best is ``inertia``)
 
 
 def _scores(x: torch.Tensor, centroids: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -89,11 +90,13 @@ def kmeans(
     w = torch.ones(x.shape[0]) if weights is None else weights.float()
     weighted = x if weights is None else x * w[:, None]  # once, not per iteration (it is a large tensor)
     generator = torch.Generator().manual_seed(seed)
-    best = None
+    best, inertias = None, []
     for _ in range(n_init):
         result = _lloyd(x, w, weighted, k, generator, iters, cosine, tol, chunk)
+        inertias.append(result.inertia)
         if best is None or result.inertia < best.inertia:
             best = result
+    best.inertias = inertias
     return best
 
 

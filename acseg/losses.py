@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from acseg.assignment import clipped_assignment
+
 
 def affinity(features: torch.Tensor) -> torch.Tensor:
     """A_ij = max(0, cos(x_i, x_j)). features [B, n, d] -> [B, n, n]."""
@@ -106,7 +108,7 @@ def concept_loss(name: str, features: torch.Tensor, similarity: torch.Tensor, **
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     fn, takes = LOSSES[name]
-    x = similarity.clamp_min(0) if takes == "clipped" else similarity
+    x = clipped_assignment(similarity) if takes == "clipped" else similarity
     if name == "distortion":
         return fn(features, x)
     return fn(features, x, **kwargs)

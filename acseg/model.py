@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acseg.assignment import channel_argmax, cosine_assignment, hard_assignment
+from acseg.assignment import channel_argmax, concepts_per_image, cosine_assignment, hard_assignment
 from acseg.classifier import background_concepts, classify_concepts, region_embeddings
 from acseg.concept_generator import ConceptGenerator
+from acseg.features import centred_pixels
 
 
 @dataclass
@@ -47,8 +48,7 @@ class ACSeg(nn.Module):
 
     def prepare(self, features: torch.Tensor) -> torch.Tensor:
         """[B, h, w, d] cached features -> [B, n, d] float, centred."""
-        b, h, w, d = features.shape
-        return features.reshape(b, h * w, d).float() - self.feature_mean
+        return centred_pixels(features, self.feature_mean)
 
     def assign(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prepared pixels [B, n, d], similarity S [B, n, k])."""
@@ -90,6 +90,6 @@ class ACSeg(nn.Module):
             concepts=pixel_concepts,
             patch_concepts=hard_assignment(s).reshape(b, h, w),
             concept_classes=concept_classes,
-            n_concepts=present.sum(1),
+            n_concepts=concepts_per_image(hard_assignment(s), self.generator.n_prototypes),
             concept_scores=maps,
         )

@@ -1,10 +1,13 @@
 """Ablation sweeps: which of ACSeg's choices matter. A registry of named axes, their grid, and the runs.
 
 Every point of a sweep is an ordinary configuration (the base config with the axis' parameters changed): it is
-trained and evaluated by the same steps as the main pipeline (bench/runs.py) into its own run folder, and
-reuses the feature cache of every run that shares its backbone, weights, feature type and resolution. A point
-whose folder already holds metrics for exactly its config (same config hash) is not recomputed, so sweeps that
-share points (every axis passes through the defaults) cost each point once.
+trained and evaluated by the same steps as the main pipeline (bench/runs.py) into its own run folder, and reuses
+the feature cache of every run that shares its backbone, weights, feature type and resolution. A point whose
+folder already holds metrics for exactly its config (same config hash) is not recomputed, so sweeps that share
+points (every axis passes through the defaults) cost each point once.
+
+An axis is one entry of :data:`AXES` (its name is the CLI option ``--<name>`` and the params key of
+``ablations.sweeps``) plus, for `dvc repro`, one list in the params.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def _int(axis: str) -> Callable[[str], int]:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"--{axis}: {text!r} is not an integer") from None
+            raise ConfigError(f"--{axis.replace('_', '-')}: {text!r} is not an integer") from None
 
     return parse
 
@@ -35,7 +38,7 @@ def _int(axis: str) -> Callable[[str], int]:
 def _choice(axis: str, choices: Callable[[], list[str]]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices():
-            raise ConfigError(f"--{axis}: unknown value {text!r}; choose from {sorted(choices())}")
+            raise ConfigError(f"--{axis.replace('_', '-')}: unknown value {text!r}; choose from {sorted(choices())}")
         return text
 
     return parse
@@ -47,7 +50,7 @@ def _switch(axis: str) -> Callable[[str], bool]:
             return True
         if text.lower() in ("off", "false", "no", "0"):
             return False
-        raise ConfigError(f"--{axis}: {text!r} is not on/off")
+        raise ConfigError(f"--{axis.replace('_', '-')}: {text!r} is not on/off")
 
     return parse
 
@@ -82,47 +85,55 @@ def _backbone(name: str, cfg: Config) -> dict[str, Any]:
             "backbone.weights_label": f"{name} (timm hub weights)"}
 
 
-def _classifier_inputs() -> list[str]:
-    return ["region_mean", "region_mean_centred", "crops"]
-
-
 def _classifier(value: str, cfg: Config) -> dict[str, Any]:
     """What the concept classifier clusters: region means (of the raw or the centred features), or crops."""
     if value == "crops":
-        return {"classifier.regions": "crops"}
-    return {"classifier.regions": "mean", "classifier.raw_regions": value == "region_mean"}
+        return {"acseg.classifier.regions": "crops"}
+    return {"acseg.classifier.regions": "mean", "acseg.classifier.raw_regions": value == "region_mean"}
+
+
+def _classifier_value(cfg: Config) -> str:
+    c = cfg.acseg.classifier
+    return "crops" if c.regions == "crops" else "region_mean" if c.raw_regions else "region_mean_centred"
+
+
+def _set(key: str) -> Callable[[Any, Config], dict[str, Any]]:
+    return lambda value, cfg: {key: value}
 
 
 @dataclass(frozen=True)
 class Axis:
     name: str
-    help: str
+    title: str  # how the report names it
     parse: Callable[[str], Any]
     overrides: Callable[[Any, Config], dict[str, Any]]
     current: Callable[[Config], Any]  # the base configuration's value (every sweep includes it)
 
 
 AXES: dict[str, Axis] = {a.name: a for a in [
-    Axis("prototypes", "number of prototypes k", _int("prototypes"), lambda v, c: {"acseg.prototypes": v},
+    Axis("prototypes", "number of prototypes k", _int("prototypes"), _set("acseg.prototypes"),
          lambda c: c.acseg.prototypes),
-    Axis("loss", "the modularity loss or a variant of docs/method.md", _choice("loss", _losses),
-         lambda v, c: {"acseg.loss": v}, lambda c: c.acseg.loss),
-    Axis("depth", "N decoder blocks of the concept generator", _int("depth"), lambda v, c: {"acseg.depth": v},
-         lambda c: c.acseg.depth),
-    Axis("self_attention", "prototype self-attention in every block (on/off)", _switch("self_attention"),
-         lambda v, c: {"acseg.self_attention": v}, lambda c: c.acseg.self_attention),
-    Axis("feature", "backbone features: tokens or attention keys", _choice("feature", _feature_types),
-         lambda v, c: {"features.type": v}, lambda c: c.features.type),
-    Axis("backbone", "a registered backbone (hub weights) or `random` (random weights, the control)",
+    Axis("loss", "loss (the modularity loss or a variant of docs/method.md)", _choice("loss", _losses),
+         _set("acseg.loss"), lambda c: c.acseg.loss),
+    Axis("depth", "ACG depth N", _int("depth"), _set("acseg.depth"), lambda c: c.acseg.depth),
+    Axis("self_attention", "prototype self-attention (on/off)", _switch("self_attention"),
+         _set("acseg.self_attention"), lambda c: c.acseg.self_attention),
+    Axis("feature", "backbone features (tokens or attention keys)", _choice("feature", _feature_types),
+         _set("features.type"), lambda c: c.features.type),
+    Axis("backbone", "backbone (a registered one with hub weights, or `random`: the control)",
          _choice("backbone", _backbones), _backbone,
          lambda c: "random" if c.backbone.weights == "random" else c.backbone.name),
-    Axis("classifier", "concept classifier input: raw or centred region means, or re-encoded crops ([CLS] of "
-         "each concept's box through the backbone; slow on a CPU)", _choice("classifier", _classifier_inputs),
-         _classifier, lambda c: "crops" if c.classifier.regions == "crops" else
-         "region_mean" if c.classifier.raw_regions else "region_mean_centred"),
-    Axis("classes", "K, the clusters of the concept classifier (0: the dataset's classes)", _int("classes"),
-         lambda v, c: {"classifier.n_classes": v}, lambda c: c.classifier.n_classes),
+    Axis("classifier", "concept classifier input (raw or centred region means, or re-encoded crops)",
+         _choice("classifier", lambda: ["region_mean", "region_mean_centred", "crops"]), _classifier,
+         _classifier_value),
+    Axis("classes", "classifier K (0: the dataset's classes)", _int("classes"), _set("acseg.classifier.n_classes"),
+         lambda c: c.acseg.classifier.n_classes),
 ]}
+
+
+def axis_title(axis: str) -> str:
+    """A sweep's title: its axes' titles joined (``depth+self_attention``)."""
+    return " + ".join(AXES[a].title if a in AXES else a for a in axis.split("+"))
 
 
 @dataclass(frozen=True)
@@ -156,7 +167,7 @@ def parse_axes(raw: dict[str, str | list[Any] | None]) -> dict[str, list[Any]]:
             continue
         if name not in AXES:
             raise ConfigError(f"unknown ablation axis {name!r}; axes: {sorted(AXES)}")
-        items = [v.strip() for v in values.split(",")] if isinstance(values, str) else [str(v) for v in values]
+        items = [v.strip() for v in values.split(",")] if isinstance(values, str) else [_text(v) for v in values]
         if not all(items):
             raise ConfigError(f"--{name}: empty value in {values!r}")
         axes[name] = [AXES[name].parse(v) for v in items]
@@ -187,17 +198,16 @@ def point_config(cfg: Config, point: Point, runs_dir: str | Path, sweep_name: st
     for name, value in zip(point.axes, point.values):
         overrides.update(AXES[name].overrides(value, cfg))
     try:
-        changed = with_overrides(cfg, **{k.replace(".", "__"): v for k, v in overrides.items()})
+        changed = with_overrides(cfg, overrides)
     except ConfigError as e:
         raise ConfigError(f"ablation point {point.label}: {e}") from None
     folder = DEFAULT if changed.to_dict() == cfg.to_dict() else f"{sweep_name}/{point.label}"
-    changed.run.runs_dir = str(Path(runs_dir) / folder)
-    return changed
+    return with_overrides(changed, {"run.runs_dir": str(Path(runs_dir) / folder)})
 
 
 def budget(cfg: Config) -> Config:
     """The base configuration of the ablations: the params with the ablations' training budget."""
-    return with_overrides(cfg, train__steps=cfg.ablations.train_steps)
+    return with_overrides(cfg, {"acseg.train.steps": cfg.ablations.train_steps})
 
 
 ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
@@ -218,7 +228,7 @@ def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
             return metrics
     for split in _splits(cfg):
         run_features(cfg, split, progress=progress)
-    run_train(cfg, seed, progress=progress)
+    run_train(cfg, "acseg", seed, progress=progress)
     return run_evaluate(cfg, "acseg", seed, progress=progress)
 
 
@@ -227,16 +237,18 @@ def _splits(cfg: Config) -> list[str]:
     return sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split})
 
 
-def _worker_init(threads: int, datasets: list) -> None:
-    """A sweep worker: its share of the cores (for evaluation; training runs on run.train_threads), and the
-    parent's dataset registry (which may hold datasets registered at run time)."""
+def _worker_init(threads: int, datasets: list, parent_run_id: str | None) -> None:
+    """A sweep worker: its share of the cores (for evaluation; training runs on run.train_threads), the parent's
+    dataset registry (which may hold datasets registered at run time), and the sweep's MLflow parent run."""
     import torch
 
+    from bench import tracking
     from bench.datasets import register_dataset
 
     torch.set_num_threads(threads)
     for spec in datasets:
         register_dataset(spec)
+    tracking.nest_under(parent_run_id)
 
 
 def _run_task(task: tuple[Config, int]) -> dict:
@@ -257,27 +269,24 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     import pandas as pd
 
     from bench import tracking
-    from bench.runs import run_features
+    from bench.runs import run_dir, run_features
 
     name = name or "+".join(axes)
     points = grid(axes, cfg)
     configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
-    with tracking.parent_run(cfg, f"ablate-{name}",
+    with tracking.parent_run(cfg, f"ablate-{cfg.data.dataset}-{name}",
                              {"axes": json.dumps({k: [_text(v) for v in vs] for k, vs in axes.items()}),
                               "seeds": ",".join(map(str, seeds)), "points": len(points)}) as parent_id:
         for c in {_feature_key(c): c for c in configs}.values():
             for split in _splits(c):
                 run_features(c, split, progress=progress)
-        for c in configs:
-            c.run.parent_run_id = parent_id
         runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
-        results = _map_tasks([(c, seed) for _, c, seed in runs], jobs, progress)
+        results = _map_tasks([(c, seed) for _, c, seed in runs], jobs, progress, parent_id)
         rows = []
         for (point, point_cfg, seed), m in zip(runs, results):
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
-                         "seed": seed, "train_steps": point_cfg.train.steps,
-                         "run": str(Path(point_cfg.run.runs_dir) / "acseg" / f"seed{seed}"),
-                         **_training(point_cfg, seed)})
+                         "seed": seed, "train_steps": point_cfg.acseg.train.steps,
+                         "run": str(run_dir(point_cfg, "acseg", seed)), **_training(point_cfg, seed)})
             echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,
                                                  "final_loss": 4, "steps_per_second": 2})
@@ -286,7 +295,7 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     return Path(out_csv)
 
 
-def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool):
+def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool, parent_id: str | None):
     """Results of every task, in order: in this process, or in ``jobs`` worker processes."""
     if jobs <= 1 or len(tasks) <= 1:
         yield from (run_point(c, seed, progress) for c, seed in tasks)
@@ -301,7 +310,7 @@ def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool):
     datasets = [get_spec(name) for name in {c.data.dataset for c, _ in tasks}]
     context = multiprocessing.get_context("forkserver")  # clean workers: no forked torch threads or MLflow state
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(threads, datasets)) as pool:
+                             initargs=(threads, datasets, parent_id)) as pool:
         yield from pool.map(_run_task, tasks)
 
 
@@ -311,8 +320,8 @@ def _feature_key(cfg: Config) -> str:
 
 def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Callable[[str], None] = print,
                jobs: int | None = None) -> list[Path]:
-    """The sweeps of the params' ``ablations.sweeps`` (all if ``names`` is empty), at the ablations' budget:
-    one CSV per sweep in ``ablations.csv_dir``."""
+    """The sweeps of the params' ``ablations.sweeps`` (all if ``names`` is empty) on ``ablations.dataset``, at the
+    ablations' budget: one CSV per sweep in ``ablations.csv_dir``."""
     plan = cfg.ablations
     unknown = [n for n in names if n not in plan.sweeps and n != DEFAULT]
     if unknown:
@@ -322,8 +331,8 @@ def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Calla
     outs = []
     for name in names or [DEFAULT, *plan.sweeps]:
         axes = parse_axes(plan.sweeps[name]) if name != DEFAULT else {"prototypes": [base.acseg.prototypes]}
-        outs.append(sweep(base, axes, cfg.run.seeds, plan.runs_dir, Path(plan.csv_dir) / f"{name}.csv", progress,
-                          echo, jobs or plan.jobs, name))
+        outs.append(sweep(base, axes, cfg.benchmark.seeds, plan.runs_dir, Path(plan.csv_dir) / f"{name}.csv",
+                          progress, echo, jobs or plan.jobs, name))
     return outs
 
 

@@ -1,9 +1,9 @@
 """The feature cache: backbone features computed once per (dataset, split, backbone, weights, feature type,
 resolution) and reused by every run that shares them.
 
-A cache entry is a folder holding ``features.safetensors`` and ``meta.json``. It is written under a temporary
-name and renamed into place only when complete, so an interrupted run never leaves an entry that reads as
-valid; an entry whose meta does not match what is asked for is recomputed.
+An entry is a folder holding ``features.safetensors`` and ``meta.json``. It is written under a temporary name and
+renamed into place only when complete, so an interrupted run never leaves an entry that reads as valid; an entry
+whose meta does not match what is asked for is recomputed.
 """
 
 from __future__ import annotations
@@ -19,17 +19,22 @@ import torch
 from bench.backbones import weights_tag
 from bench.config import Config
 
-FORMAT_VERSION = 1
+# 2: every image's patches as rows of one [patches, d] tensor with its grid (images of any size); 1 was [N, h, w, d]
+FORMAT_VERSION = 2
+
+
+def weights_dir(cfg: Config, split: str) -> Path:
+    """<cache_dir>/<dataset>/<split>/<backbone>/<weights>: every entry of one split and one backbone's weights.
+
+    The folder dvc.yaml names as the features stage's output (tests/bench/test_dvc_pipeline.py keeps the two in
+    step); the weights' checksum is in each entry's meta."""
+    return Path(cfg.features.cache_dir) / cfg.data.dataset / split / cfg.backbone.name / cfg.backbone.weights
 
 
 def cache_dir(cfg: Config, split: str) -> Path:
-    """<cache_dir>/<dataset>/<split>/<backbone>/<type>-<H>x<W>-<weights sha256 | random | hub>.
-
-    dvc.yaml spells the same path out of params (tests/bench/test_pipeline.py keeps the two in step).
-    """
+    """One entry: <weights_dir>/<type>-<H>x<W>[-aspect] (-aspect: data.keep_aspect, every image its own grid)."""
     f = cfg.features
-    leaf = f"{f.type}-{f.height}x{f.width}-{weights_tag(cfg.backbone)}"
-    return Path(f.cache_dir) / cfg.data.dataset / split / cfg.backbone.name / leaf
+    return weights_dir(cfg, split) / f"{f.type}-{f.height}x{f.width}{'-aspect' if cfg.data.keep_aspect else ''}"
 
 
 def expected_meta(cfg: Config, split: str) -> dict:
@@ -42,6 +47,7 @@ def expected_meta(cfg: Config, split: str) -> dict:
         "feature_type": cfg.features.type,
         "height": cfg.features.height,
         "width": cfg.features.width,
+        "keep_aspect": cfg.data.keep_aspect,
     }
 
 

@@ -1,7 +1,8 @@
-"""`acseg-bench`: the command line. DVC stages call these same commands.
+"""`acseg-bench`: the command line. DVC stages call these same commands (dvc.yaml); DVC runs the pipeline.
 
-Every command reads params.yaml (``--params``), optionally a named preset (``--preset paper``), then
-``--set section.field=value`` overrides; heavy libraries are imported only inside commands.
+Every command reads params.yaml (``--params``), selects a dataset (``--dataset``; default: the first of
+``benchmark.datasets``), then ``--set section.field=value`` overrides; heavy libraries are imported only inside
+commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,28 +14,28 @@ from typing import Annotated, Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Reproducible benchmark and ablation harness for ACSeg (CVPR 2023).")
-baseline_app = typer.Typer(no_args_is_help=True, help="Baselines, evaluated exactly like ACSeg.")
-app.add_typer(baseline_app, name="baseline")
+                  help="Reproducible benchmark and ablation harness for ACSeg (CVPR 2023). `dvc repro` runs the "
+                       "default benchmark; these are its stages.")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="DVC params file to read.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named variant over the params: paper, tiny.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. -s acseg.prototypes=10 (repeatable).")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A registered dataset (default: the first of "
+                                                   "benchmark.datasets); its datasets.<name> settings apply.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. -s acseg.prototypes=10 "
+                                                     "(repeatable).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda[:N] (falls back to cpu with a message).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="One seed (default: every seed in run.seeds).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="One seed (default: every seed of benchmark.seeds).")]
+MethodOpt = Annotated[str, typer.Option("--method", help="A registered method (`acseg-bench methods`).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (params section crf); results "
-                                      "go to the run's crf/ folder with crf=true.")]
+CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (params section crf); results go to "
+                                      "the run's crf/ folder with crf=true.")]
 
 
-def _config(params: Path, preset: str | None, sets: list[str] | None, device: str | None = None):
+def _config(params: Path, dataset: str | None, sets: list[str] | None, device: str | None = None):
     from bench.config import ConfigError, load_config
 
-    overrides = list(sets or [])
-    if device:
-        overrides.append(f"run.device={device}")
+    overrides = list(sets or []) + ([f"run.device={device}"] if device else [])
     try:
-        return load_config(params, overrides=overrides, preset=preset)
+        return load_config(params, dataset=dataset, overrides=overrides)
     except ConfigError as e:
         _fail(str(e))
 
@@ -49,12 +50,16 @@ def _guard(fn, *args, **kwargs):
     from bench.backbones import WeightsError
     from bench.config import ConfigError
     from bench.data import DatasetError
-    from bench.train import TrainingDiverged
+    from bench.methods import TrainingDiverged
 
     try:
         return fn(*args, **kwargs)
     except (DatasetError, WeightsError, ConfigError, TrainingDiverged, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+
+
+def _seeds(cfg, seed: int | None) -> list[int]:
+    return [seed] if seed is not None else cfg.benchmark.seeds
 
 
 @app.callback()
@@ -63,96 +68,72 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 @app.command()
-def fetch(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
-    """Download (or take a local copy of) the dataset and verify every file against the checksum manifest."""
-    from bench.runs import run_fetch
+def fetch(dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Download (or take a local copy of) a dataset and verify every file; writes data/<dataset>.json."""
+    from bench.runs import manifest_path, run_fetch
 
-    cfg = _config(params, preset, set_)
+    cfg = _config(params, dataset, set_)
     record = _guard(run_fetch, cfg)
     typer.echo(f"verified {record['title']}: {record['splits_present']} (absent: {record['splits_absent']}) "
-               f"-> {cfg.data.manifest_out}")
+               f"-> {manifest_path(cfg.data.dataset)}")
 
 
 @app.command()
 def features(
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to extract (default: train and eval).")] = None,
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to extract (default: train, "
+                                                       "cluster and eval splits).")] = None,
+    dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ):
     """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split)."""
     from bench.runs import run_features
 
-    cfg = _config(params, preset, set_, device)
+    cfg = _config(params, dataset, set_, device)
     for s in split or sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}):
         typer.echo(f"{s}: {_guard(run_features, cfg, s, progress=not quiet)}")
 
 
 @app.command()
-def train(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-          set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
-    """Train ACSeg's concept generator on cached features, then fit its concept classifier."""
+def train(method: MethodOpt = "acseg", seed: SeedOpt = None, dataset: DatasetOpt = None,
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
+          quiet: QuietOpt = False):
+    """Fit a method on the cached features (ACSeg: concept generator, then concept classifier; k-means: centroids;
+    STEGO: head and cluster probe, last step kept)."""
+    from bench.methods import get_method
     from bench.runs import run_train
 
-    cfg = _config(params, preset, set_, device)
-    for s in [seed] if seed is not None else cfg.run.seeds:
-        typer.echo(f"seed {s}: {_guard(run_train, cfg, s, progress=not quiet)}")
-
-
-def _evaluate(method: str, seed, params, preset, set_, device, quiet, crf: bool = False, train_first: bool = False):
-    from bench.runs import run_evaluate, run_train_stego
-
-    cfg = _config(params, preset, set_, device)
-    for s in [seed] if seed is not None else cfg.run.seeds:
-        if train_first:
-            typer.echo(f"{method} seed {s}: trained -> {_guard(run_train_stego, cfg, s, progress=not quiet)}")
-        m = _guard(run_evaluate, cfg, method, s, progress=not quiet, crf=crf)
-        typer.echo(f"{method}{' + CRF' if crf else ''} seed {s}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}  "
-                   f"({m['dataset_title']} {m['split']})"
-                   + (f"; over-clustering K'={m['overcluster_k']} (majority matching, a separate metric): mIoU "
-                      f"{m['miou_overcluster']:.2f}" if "miou_overcluster" in m else ""))
+    cfg = _config(params, dataset, set_, device)
+    _guard(get_method, method)
+    for s in _seeds(cfg, seed):
+        typer.echo(f"{cfg.data.dataset} {method} seed {s}: {_guard(run_train, cfg, method, s, progress=not quiet)}")
 
 
 @app.command()
-def evaluate(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False,
-             method: Annotated[str, typer.Option("--method", help="acseg, kmeans or stego (already trained).")] = "acseg"):
-    """Evaluate trained models on the evaluation split (Hungarian-matched mIoU and accuracy)."""
-    from bench.runs import METHODS
+def evaluate(
+    method: Annotated[Optional[str], typer.Option("--method", help="A registered method (default: every method of "
+                                                  "benchmark.methods).")] = None,
+    seed: SeedOpt = None, crf: CrfOpt = False, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+):
+    """Evaluate trained runs on the evaluation split (Hungarian-matched mIoU and accuracy). Several runs (no --method
+    or no --seed) are evaluated in one pass: features and labels read once, each image's CRF kernels built once."""
+    from bench.methods import get_method
+    from bench.runs import evaluate_runs
 
-    if method not in METHODS:
-        _fail(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    _evaluate(method, seed, params, preset, set_, device, quiet, crf)
-
-
-@baseline_app.command("kmeans")
-def baseline_kmeans(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-                    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False):
-    """DINO k-means: K = classes over cached patch features, evaluated like ACSeg (the floor)."""
-    _evaluate("kmeans", seed, params, preset, set_, device, quiet, crf)
-
-
-@baseline_app.command("stego")
-def baseline_stego(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
-                   set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, crf: CrfOpt = False):
-    """STEGO on cached features: train the head and cluster probe (last step kept), then evaluate like ACSeg.
-
-    With --crf, the already trained model of each seed is evaluated with the dense CRF (no retraining).
-    Published weight/shift sets: --preset stego_cocostuff (the default values) or stego_cityscapes.
-    """
-    _evaluate("stego", seed, params, preset, set_, device, quiet, crf, train_first=not crf)
-
-
-@baseline_app.command("stego-knn")
-def baseline_stego_knn(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
-    """STEGO's k-NN positives: top-k images by cosine of pooled features over the training split (cached)."""
-    from bench.runs import run_stego_knn
-
-    cfg = _config(params, preset, set_)
-    typer.echo(str(_guard(run_stego_knn, cfg)))
+    cfg = _config(params, dataset, set_, device)
+    methods = [method] if method else cfg.benchmark.methods
+    for m in methods:
+        _guard(get_method, m)
+    runs = [(m, s) for m in methods for s in _seeds(cfg, seed)]
+    for (m, s), metrics in _guard(evaluate_runs, cfg, runs, crf=crf, progress=not quiet).items():
+        typer.echo(f"{m}{' + CRF' if crf else ''} seed {s}: mIoU {metrics['miou']:.2f}  acc {metrics['acc']:.2f}  "
+                   f"({metrics['dataset_title']} {metrics['split']})"
+                   + (f"; over-clustering K'={metrics['overcluster_k']} (majority matching, a separate metric): mIoU "
+                      f"{metrics['miou_overcluster']:.2f}" if "miou_overcluster" in metrics else ""))
 
 
 @app.command()
-def diagnose(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None,
+def diagnose(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
              set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
     """Where ACSeg falls short: modularity and majority-class oracle of its concepts vs per-image k-means.
 
@@ -160,8 +141,8 @@ def diagnose(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), pres
     """
     from bench.runs import run_diagnose
 
-    cfg = _config(params, preset, set_, device)
-    for s in [seed] if seed is not None else cfg.run.seeds:
+    cfg = _config(params, dataset, set_, device)
+    for s in _seeds(cfg, seed):
         r = _guard(run_diagnose, cfg, s, progress=not quiet)
         typer.echo(f"seed {s}: modularity {r['modularity_learned']:.3f} (per-image k-means "
                    f"{r['modularity_per_image_kmeans']:.3f}); oracle mIoU {r['oracle_miou_learned']:.1f} "
@@ -169,42 +150,54 @@ def diagnose(seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), pres
                    f"{r['concepts_per_image_mean']:.2f}")
 
 
-AxisOpt = Annotated[Optional[str], typer.Option(help="Comma list of values.")]
+def _axes_help() -> str:
+    from bench.ablate import AXES
+
+    return "; ".join(f"--{name.replace('_', '-')}: {axis.title}" for name, axis in AXES.items())
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ablate(
-    prototypes: AxisOpt = None, loss: AxisOpt = None, depth: AxisOpt = None,
-    self_attention: Annotated[Optional[str], typer.Option("--self-attention", help="on,off")] = None,
-    feature: AxisOpt = None, backbone: AxisOpt = None,
-    classifier: Annotated[Optional[str], typer.Option(
-        help="region_mean,region_mean_centred,crops (crops: each concept's box re-encoded by the backbone, "
-             "classifier.crop_size).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="K of the concept classifier, comma list.")] = None,
+    ctx: typer.Context,
     sweep_names: Annotated[Optional[str], typer.Option(
-        "--sweep", help="Run sweeps of params.yaml's ablations.sweeps by name (comma list; 'all': every one, "
-                        "as `dvc repro` does), at the ablations' budget ablations.train_steps.")] = None,
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma list of seeds.")] = "0,1,2",
+        "--sweep", help="Run sweeps of the params' ablations.sweeps by name (comma list; 'all': every one, as "
+                        "`dvc repro` does), at the ablations' budget ablations.train_steps.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma list of seeds (default: "
+                                                 "benchmark.seeds).")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1,
                                                 help="Points trained at once (default: ablations.jobs).")] = None,
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where the points' run folders go.")] = "runs/ablations",
     out: Annotated[Optional[Path], typer.Option("--out", help="Tidy CSV, one row per run "
                                                 "(default: <runs-dir>/<axes>.csv).")] = None,
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-    quiet: QuietOpt = False,
+    dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+    device: DeviceOpt = None, quiet: QuietOpt = False,
 ):
-    """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid,
-    every point x seed trained (ablations.train_steps steps) and evaluated on the cached features, one MLflow
-    parent run with a nested run each. Points already run with the same config are reused.
-    """
+    """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid, every
+    point x seed trained (ablations.train_steps steps) and evaluated on the cached features of ablations.dataset, one
+    MLflow parent run with a nested run each. Points already run with the same config are reused. Axes: see
+    `acseg-bench ablate --help-axes`."""
     from bench.ablate import budget, parse_axes, run_sweeps, sweep
     from bench.config import ConfigError
 
-    cfg = _config(params, preset, set_, device)
-    raw = {"prototypes": prototypes, "loss": loss, "depth": depth, "self_attention": self_attention,
-           "feature": feature, "backbone": backbone, "classifier": classifier, "classes": classes}
+    raw, extra = {}, list(ctx.args)
+    if extra == ["--help-axes"]:
+        typer.echo(_axes_help())
+        return
+    while extra:
+        option = extra.pop(0)
+        name, _, value = option.partition("=")
+        if not name.startswith("--"):
+            _fail(f"unexpected argument {option!r}; axes are given as --<axis> values ({_axes_help()})")
+        if not value:
+            if not extra:
+                _fail(f"{name} needs a comma list of values")
+            value = extra.pop(0)
+        raw[name[2:].replace("-", "_")] = value
+    first = _config(params, dataset, set_, device)
+    cfg = first if dataset or first.data.dataset == first.ablations.dataset else _config(
+        params, first.ablations.dataset, set_, device)
     if sweep_names is not None:
-        if any(raw.values()):
+        if raw:
             _fail("give either --sweep (sweeps from the params) or axes, not both")
         names = [] if sweep_names == "all" else [n.strip() for n in sweep_names.split(",") if n.strip()]
         for path in _guard(run_sweeps, cfg, names, progress=not quiet, echo=typer.echo, jobs=jobs):
@@ -212,7 +205,7 @@ def ablate(
         return
     try:
         axes = parse_axes(raw)
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else cfg.benchmark.seeds
     except (ConfigError, ValueError) as e:
         _fail(f"{e}")
     name = "+".join(axes)
@@ -222,64 +215,50 @@ def ablate(
 
 
 @app.command()
-def ablations(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
-    """Collect every sweep of ablations.sweeps into reports/ablations.csv (one tidy row per run)."""
+def ablations(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Collect every sweep of ablations.sweeps into ablations.out_csv (one tidy row per run)."""
     from bench.ablate import collect_ablations
 
-    cfg = _config(params, preset, set_)
+    cfg = _config(params, None, set_)
     typer.echo(str(_guard(collect_ablations, cfg)))
+
+
+@app.command()
+def results(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+    """Collect every evaluated run of the benchmark's datasets and methods into run.results_csv."""
+    from bench.runs import collect_results
+
+    cfg = _config(params, None, set_)
+    typer.echo(str(_guard(collect_results, cfg)))
 
 
 @app.command()
 def report(
     ablations: Annotated[str, typer.Option(help="Ablations CSV (skipped when absent; 'none': not used).")] = "reports/ablations.csv",
     out: Annotated[Path, typer.Option("--out", help="Folder of the report (README.md + figures/).")] = Path("reports"),
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 ):
     """Build reports/README.md and its figures from the results and ablations CSVs (nothing recomputed)."""
     from bench.runs import run_report
 
-    cfg = _config(params, preset, set_)
+    cfg = _config(params, None, set_)
     typer.echo(str(_guard(run_report, cfg, None if ablations.lower() in ("", "none") else ablations, out)))
 
 
-@app.command()
-def results(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None):
-    """Collect every evaluated run into reports/results.csv (one tidy row per run)."""
-    from bench.runs import collect_results
-
-    cfg = _config(params, preset, set_)
-    typer.echo(str(_guard(collect_results, cfg)))
-
-
-@app.command()
-def repro(
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None,
-    dvc_yaml: Annotated[Path, typer.Option("--dvc-yaml", help="The pipeline whose stages are run.")] = Path("dvc.yaml"),
-    dry: Annotated[bool, typer.Option("--dry", help="Print the stage commands only.")] = False,
+@app.command("params")
+def compose_params(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. experiment=paper_voc2012 "
+                                                             "acseg.prototypes=5.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="The params file to write.")] = Path("params.yaml"),
+    conf: Annotated[Path, typer.Option("--conf", help="The Hydra config folder.")] = Path("conf"),
 ):
-    """Run every stage of dvc.yaml, in order, with these params (e.g. --params params/paper_voc2012.yaml).
+    """Compose conf/ into params.yaml, exactly as `dvc exp run` does (for a plain `dvc repro` after editing conf/)."""
+    from dvc.utils.hydra import compose_and_dump
 
-    `dvc repro` reads params.yaml only; this runs the same stages for any params file, preset and overrides.
-    """
-    import shlex
-
-    from bench.pipeline import run_pipeline, stage_commands
-
-    cfg = _config(params, preset, set_)
-    extra = ["--params", str(params)] + (["--preset", preset] if preset else [])
-    for s in set_ or []:
-        extra += ["--set", s]
-    commands = _guard(stage_commands, dvc_yaml, cfg, extra)
-    if dry:
-        for c in commands:
-            typer.echo(f"[{c.stage}] acseg-bench {shlex.join(c.argv)}")
-        return
-    try:
-        run_pipeline(commands, echo=typer.echo)
-    except RuntimeError as e:
-        _fail(str(e))
-    typer.echo(f"done: results in {cfg.run.results_csv}, runs in {cfg.run.runs_dir}/")
+    compose_and_dump(out, str(conf.resolve()), None, "config", str(Path(".dvc/hydra_plugins").resolve()),
+                     list(overrides or []))
+    _config(out, None, [])  # validated
+    typer.echo(str(out))
 
 
 @app.command()
@@ -297,7 +276,7 @@ def perf(
     out: Annotated[Path, typer.Option("--out", help="Folder of performance.csv and performance.md.")] = Path("reports"),
     repro_timing: Annotated[Path, typer.Option("--repro-timing", help="dvc repro timings to copy in (written by "
                                                "pipelines/time_repro.sh), if present.")] = Path("reports/repro_timing.json"),
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ):
     """Speed and memory on the cached features and images: feature pipeline vs bare timm, concept step vs per-image
@@ -309,7 +288,7 @@ def perf(
     from bench.features import resolve_device
     from bench.perf import machine, run_suite, write_report
 
-    cfg = _config(params, preset, set_, device)
+    cfg = _config(params, dataset, set_, device)
     if threads:
         torch.set_num_threads(threads)
     rows = _guard(run_suite, cfg, images=images, memory_images=memory_images, steps=steps, warmup_steps=warmup_steps,
@@ -317,7 +296,7 @@ def perf(
     argv = ["acseg-bench", "perf", "--images", str(images), "--memory-images", str(memory_images), "--steps",
             str(steps), "--warmup-steps", str(warmup_steps), "--repeats", str(repeats), "--min-seconds", f"{min_seconds:g}"]
     argv += (["--threads", str(threads)] if threads else []) + (["--device", device] if device else [])
-    argv += (["--params", str(params)] if str(params) != "params.yaml" else []) + (["--preset", preset] if preset else [])
+    argv += (["--dataset", dataset] if dataset else []) + (["--params", str(params)] if str(params) != "params.yaml" else [])
     argv += (["--out", str(out)] if out != Path("reports") else [])
     for s in set_ or []:
         argv += ["--set", s]
@@ -334,25 +313,35 @@ def datasets():
 
     for spec in DATASETS.values():
         typer.echo(f"{spec.name}: {spec.title}, {spec.n_classes} classes, void {spec.ignore_index}, splits "
-                   f"{list(spec.splits)}; local copy: data.local_copy" + (f" or ${spec.env_var}" if spec.env_var else ""))
+                   f"{list(spec.splits)}; local copy: datasets.{spec.name}.data.local_copy"
+                   + (f" or ${spec.env_var}" if spec.env_var else ""))
         typer.echo(f"    to get it: {spec.how_to_get}")
+
+
+@app.command()
+def methods():
+    """The registered methods (benchmark.methods and --method name them)."""
+    from bench.methods import METHODS
+
+    for name, method in METHODS.items():
+        typer.echo(f"{name}: {method.title}")
 
 
 @app.command()
 def predict(
     images: Annotated[Path, typer.Argument(help="Folder of images (png/jpg).")],
     out: Annotated[Path, typer.Argument(help="Folder for <name>.png label maps and <name>_overlay.png.")],
-    seed: Annotated[int, typer.Option(help="Which trained model (runs/acseg/seed<N>).")] = 0,
-    params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    seed: Annotated[int, typer.Option(help="Which trained model (runs/<dataset>/acseg/seed<N>).")] = 0,
+    dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
 ):
     """Segment a folder of images with a trained ACSeg model: label PNGs and colour overlays.
 
-    Label values are the model's class ids; where the model has been evaluated, they are mapped to the
-    dataset's classes by that evaluation's Hungarian matching (an unsupervised model has no names of its own).
+    Label values are the model's class ids; where the model has been evaluated, they are mapped to the dataset's
+    classes by that evaluation's Hungarian matching (an unsupervised model has no names of its own).
     """
     from bench.predict import predict_folder
 
-    cfg = _config(params, preset, set_, device)
+    cfg = _config(params, dataset, set_, device)
     written = _guard(predict_folder, cfg, seed, images, out)
     typer.echo(f"wrote {written} label maps and overlays to {out}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.config import Config
-from bench.data import SegmentationSplit, get_spec, locate
+from bench.data import SegmentationSplit, dataset_spec, locate, resize_image
 
 
 class CropEncoder:
@@ -24,29 +24,29 @@ class CropEncoder:
         from bench.backbones import get_backbone_spec, load_backbone
 
         self.patch = get_backbone_spec(cfg.backbone.name).patch_size
-        self.size = cfg.classifier.crop_size
+        self.size = cfg.acseg.classifier.crop_size
         if self.size % self.patch:
-            raise ValueError(f"invalid parameter classifier.crop_size={self.size}: must be a multiple of the patch "
+            raise ValueError(f"invalid parameter acseg.classifier.crop_size={self.size}: must be a multiple of the patch "
                              f"size {self.patch} of {cfg.backbone.name}")
-        spec = get_spec(cfg.data.dataset)
+        spec = dataset_spec(cfg)
         root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
-        self.images = SegmentationSplit(spec, root, split, size=(cfg.features.height, cfg.features.width),
-                                        with_labels=False)
+        self.images = SegmentationSplit(spec, root, split, with_labels=False)
         self.index = {name: i for i, name in enumerate(self.images.names)}
         vit, self.weights_sha256 = load_backbone(cfg.backbone)
         self.extractor = ViTFeatures(vit).to(device)
         self.device = device
         self.batch_size = max(1, cfg.features.batch_size)
 
-    def image_batch(self, names: list[str]) -> torch.Tensor:
-        """The named images at the feature resolution, [B, 3, H, W] in [0, 1]."""
+    def image_batch(self, names: list[str], size: tuple[int, int]) -> torch.Tensor:
+        """The named images resized to ``size`` (the pixels of their patch grid), [B, 3, H, W] in [0, 1]."""
         missing = [n for n in names if n not in self.index]
         if missing:
             raise KeyError(f"images {missing[:3]} of the cached features are not in split {self.images.split!r}")
-        return torch.stack([self.images[self.index[n]][0] for n in names])
+        return torch.stack([resize_image(self.images[self.index[n]][0], size) for n in names])
 
     def __call__(self, model, features: torch.Tensor, names: list[str]) -> torch.Tensor:
-        return crop_embeddings(model, self.extractor, features, self.image_batch(names).to(self.device),
+        size = (features.shape[1] * self.patch, features.shape[2] * self.patch)
+        return crop_embeddings(model, self.extractor, features, self.image_batch(names, size).to(self.device),
                                self.patch, self.size, self.batch_size)
 
 

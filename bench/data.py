@@ -16,18 +16,24 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from bench.datasets import DATASETS, DatasetError, DatasetSpec, Sample, SplitAbsent, get_spec, register_dataset
-from bench.datasets.base import md5_file, sha256_file
+from bench.datasets.base import md5_file, read_image, sha256_file
 from bench.datasets.camvid import MANIFESTS, ManifestDataset
 
-__all__ = ["DATASETS", "MANIFESTS", "DatasetError", "DatasetSpec", "ManifestDataset", "Sample", "SegmentationSplit",
-           "SplitAbsent", "fetch", "fetch_record", "get_spec", "load_image", "load_label", "locate", "md5_file",
+__all__ = ["DATASETS", "dataset_spec", "MANIFESTS", "DatasetError", "DatasetSpec", "ManifestDataset", "Sample", "SegmentationSplit",
+           "SplitAbsent", "fetch", "fetch_record", "get_spec", "load_image", "locate", "md5_file",
            "read_manifest", "register_dataset", "sha256_file", "split_files", "verify", "write_json_atomic"]
+
+
+def dataset_spec(cfg) -> DatasetSpec:
+    """The selected dataset's spec, bound to the copy the config points at (the folder dataset reads its classes
+    and splits from it)."""
+    return get_spec(cfg.data.dataset).bind(cfg.data.local_copy)
 
 
 def read_manifest(spec: ManifestDataset) -> dict[str, str]:
@@ -98,36 +104,26 @@ def write_json_atomic(path: str | Path, payload: dict) -> None:
 
 def load_image(path: Path) -> np.ndarray:
     """RGB uint8 [H, W, 3]; a file that cannot be decoded is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from e
+    return read_image(path)
 
 
-def load_label(path: Path) -> np.ndarray:
-    """Class ids uint8 [H, W]; a file that cannot be decoded is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise DatasetError(f"label {path} has mode {im.mode}, expected a single-channel PNG")
-            return np.array(im, dtype=np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read label {path}: {e}") from e
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An image [3, H, W] in [0, 1] at ``size`` (bilinear, antialiased: the backbone's input)."""
+    if tuple(image.shape[1:]) == tuple(size):
+        return image
+    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                           antialias=True)[0]
 
 
 class SegmentationSplit(torch.utils.data.Dataset):
-    """(image [3, H, W] float in [0, 1] resized to the feature resolution, label [H0, W0] long, name).
+    """(image [3, H, W] float in [0, 1] resized by ``size``, label [H0, W0] long, name).
 
     The split's images are the (image, label) pairs its dataset lists (:meth:`DatasetSpec.samples`); labels are
     decoded into class ids with the dataset's void id.
     """
 
-    def __init__(self, spec: DatasetSpec, root: Path, split: str, size: tuple[int, int] | None = None,
+    def __init__(self, spec: DatasetSpec, root: Path, split: str,
+                 size: tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]] | None = None,
                  with_labels: bool = True):
         self.spec, self.root, self.split, self.size, self.with_labels = spec, Path(root), split, size, with_labels
         self.samples = spec.samples(self.root, split)
@@ -152,15 +148,13 @@ class SegmentationSplit(torch.utils.data.Dataset):
         i = self._index[item] if isinstance(item, str) else item
         path = self.label_path(i)
         try:
-            return self.spec.decode_label(load_label(path))
+            return self.spec.decode_label(self.spec.read_label(path))
         except ValueError as e:
             raise DatasetError(f"label {path}: {e}") from e
 
     def __getitem__(self, i: int):
         image = torch.from_numpy(load_image(self.image_path(i))).permute(2, 0, 1).float() / 255
-        if self.size is not None and tuple(image.shape[1:]) != tuple(self.size):
-            image = torch.nn.functional.interpolate(
-                image[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
-            )[0]
+        if self.size is not None:  # a fixed size, or a function of the image's own (height, width)
+            image = resize_image(image, self.size(tuple(image.shape[1:])) if callable(self.size) else self.size)
         label = torch.from_numpy(self.read_label(i)) if self.with_labels else torch.empty(0)
         return image, label, self.names[i]

@@ -41,20 +41,20 @@ def hard_modularity(features: torch.Tensor, segments: torch.Tensor) -> float:
 def diagnose(model, feats, spec, read_label, device, seed: int = 0, progress: bool = True) -> dict:
     """``read_label(name)``: the decoded class ids of an evaluation image."""
     k = model.generator.n_prototypes
-    grid = feats.grid
     learned_oracle = ConfusionAccumulator(spec.n_classes, spec.n_classes, spec.ignore_index)
     kmeans_oracle = ConfusionAccumulator(spec.n_classes, spec.n_classes, spec.ignore_index)
     q_learned, q_kmeans, counts = [], [], []
     for i, name in enumerate(tqdm(feats.names, desc="diagnose", disable=not progress, unit="image")):
         labels = torch.from_numpy(read_label(name))
-        f = feats.features[i : i + 1].to(device)
-        seg = model(f, tuple(labels.shape), feats.cls_attention[i : i + 1].to(device))
+        image = feats.take([i])
+        f = image.features.to(device)
+        seg = model(f, tuple(labels.shape), image.cls_attention.to(device))
         x = model.prepare(f)[0]
         counts.append(int(seg.n_concepts[0]))
         q_learned.append(hard_modularity(x, seg.patch_concepts[0].flatten()))
         km = kmeans(x, k, seed=seed, cosine=True, iters=50)
         q_kmeans.append(hard_modularity(x, km.labels))
-        maps = centroid_scores(x, km.centroids, cosine=True).T.reshape(1, k, *grid)
+        maps = centroid_scores(x, km.centroids, cosine=True).T.reshape(1, k, *f.shape[1:3])
         km_pixels = channel_argmax(F.interpolate(maps, size=tuple(labels.shape), mode="bilinear", align_corners=False))[0]
         learned_oracle.update(majority_relabel(seg.concepts[0].cpu(), labels, spec.n_classes, spec.ignore_index), labels)
         kmeans_oracle.update(majority_relabel(km_pixels.cpu(), labels, spec.n_classes, spec.ignore_index), labels)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from bench.config import Config, with_overrides
 from bench.data import atomic_path, write_text_atomic
-from bench.features import CachedFeatures, StreamedRows, load_features, resolve_device, streamed_features
+from bench.features import CachedFeatures, load_features, read_features, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -137,44 +137,38 @@ def first_images(feats: CachedFeatures, n: int) -> CachedFeatures:
     if n > len(feats.names):
         raise ValueError(f"the performance suite asks for {n} images, but the cached split has only "
                          f"{len(feats.names)}: lower --images / --memory-images")
-    return CachedFeatures(feats.features[:n], feats.cls_attention[:n], feats.names[:n], feats.meta)
+    end = int(feats.offsets[n])
+    return CachedFeatures(feats.rows[:end], feats.attention_rows[:end], feats.grids[:n], feats.names[:n], feats.meta)
 
 
 def concept_model(cfg: Config, device: torch.device, feats: CachedFeatures):
     """(ACSeg model, trained?, where it came from): the trained model of seed 0, or an untrained one of the
     configured size when that is missing or does not load (the concept step's cost does not depend on the
     weights)."""
-    from bench.runs import load_model, n_clusters, run_dir
-    from bench.train import build_model, feature_mean
+    from bench.methods import get_method
+    from bench.methods.acseg import build_model
+    from bench.methods.base import feature_mean
+    from bench.runs import load_fitted, run_dir
 
     path = run_dir(cfg, "acseg", 0) / "model.pt"
     reason = f"{path} is absent"
     if path.is_file():
         try:
-            return load_model(cfg, 0, device)[0], True, f"trained model {path}"
+            return load_fitted(cfg, "acseg", 0, device)[0], True, f"trained model {path}"
         except (RuntimeError, KeyError) as e:
             reason = f"{path} does not load with the current code ({type(e).__name__}: {str(e).splitlines()[0]})"
             log.warning("perf: %s; timing an untrained model of the configured size", reason)
-    rows = feats.features[:] if isinstance(feats.features, StreamedRows) else feats.features
-    model = build_model(cfg, rows.shape[-1], feature_mean(rows, cfg.acseg.centre), n_clusters(cfg, "acseg"))
+    model = build_model(cfg, feats.dim, get_method("acseg").n_clusters(cfg), feature_mean(feats, cfg.acseg.centre))
     return model.to(device).eval(), False, f"untrained model of the configured size ({reason})"
 
 
 def acseg_predictor(cfg: Config, device: torch.device, feats: CachedFeatures):
     """(predict for bench.evaluate.evaluate, model source): the evaluation's own predictor
     (bench.runs.build_predictor) for the trained model, the same wrapper around an untrained one otherwise."""
-    from bench.evaluate import Prediction
-    from bench.runs import build_predictor
+    from bench.methods.acseg import ACSegPredictor
 
-    model, trained, source = concept_model(cfg, device, feats)
-    if trained:
-        return build_predictor(cfg, "acseg", 0, device)[0], source
-
-    def predict(features, size, cls_attention, names):
-        seg = model(features, size, cls_attention)
-        return Prediction(seg.concept_scores, seg.concept_classes)
-
-    return predict, source
+    model, _, source = concept_model(cfg, device, feats)
+    return ACSegPredictor(model), source
 
 
 # -------------------------------------------------------------------------------------- feature extraction
@@ -212,10 +206,10 @@ def measure_feature_extraction(cfg: Config, device: torch.device, n: int, repeat
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from bench.backbones import load_backbone
-    from bench.data import SegmentationSplit, get_spec, locate
+    from bench.data import SegmentationSplit, dataset_spec, locate
     from bench.features import ensure_features
 
-    spec = get_spec(cfg.data.dataset)
+    spec = dataset_spec(cfg)
     split = cfg.data.eval_split
     subset = _FirstImages(spec, n)
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
@@ -245,8 +239,8 @@ def measure_feature_extraction(cfg: Config, device: torch.device, n: int, repeat
 
     def pipeline():
         with tempfile.TemporaryDirectory(prefix="acseg-perf-features-") as tmp, _registered(subset):
-            sub = with_overrides(cfg, data__dataset=subset.name, features__cache_dir=tmp,
-                                 run__device=str(device))
+            sub = with_overrides(cfg, {"data.dataset": subset.name, "features.cache_dir": tmp,
+                                       "run.device": str(device)})
             ensure_features(sub, split, progress=False)
 
     bare_s, pipeline_s = [], []
@@ -282,7 +276,7 @@ def concept_step(model, features: torch.Tensor) -> torch.Tensor:
 def measure_concept_step(model, feats: CachedFeatures, device: torch.device, min_seconds: float,
                          model_source: str) -> Measure:
     log.info("perf: concept step on %d images in batches of %d", len(feats.names), EVAL_BATCH)
-    batches = feats.features.split(EVAL_BATCH)
+    batches = [feats.take(range(s, min(s + EVAL_BATCH, len(feats)))).features for s in range(0, len(feats), EVAL_BATCH)]
 
     def run():
         with torch.no_grad():
@@ -296,7 +290,7 @@ def measure_concept_step(model, feats: CachedFeatures, device: torch.device, min
 
 def _prepared(model, feats: CachedFeatures, i: int, device: torch.device) -> torch.Tensor:
     """One image's patch features [n, d], centred as the concept step sees them."""
-    return model.prepare(feats.features[i : i + 1].to(device))[0]
+    return model.prepare(feats.take([i]).features.to(device))[0]
 
 
 def measure_kmeans_per_image(model, feats: CachedFeatures, k: int, device: torch.device, min_seconds: float,
@@ -382,32 +376,27 @@ def measure_training(cfg: Config, train: CachedFeatures, device: torch.device, s
     """ACSeg's and STEGO's real training loops with steps = warm-up + timed steps, each step timed by an
     optimizer step hook (the one-off set-up, e.g. the feature mean, and the warm-up steps are left out)."""
     from acseg.stego import knn_table
-    from bench.runs import n_clusters
-    from bench.stego import knn_path, load_knn, pooled_features, train_stego
-    from bench.train import train_generator
+    from bench.methods import get_method
+    from bench.methods.acseg import train_generator
+    from bench.methods.stego import pooled_features, train_stego
 
     rows = []
-    log.info("perf: ACSeg training, %d warm-up + %d timed steps (batch %d)", warmup, steps, cfg.train.batch_size)
+    t = cfg.acseg.train
+    log.info("perf: ACSeg training, %d warm-up + %d timed steps (batch %d)", warmup, steps, t.batch_size)
     with step_clock(device) as stamps:
-        train_generator(with_overrides(cfg, train__steps=warmup + steps), 0, train, n_clusters(cfg, "acseg"),
-                        device, progress=False)
+        train_generator(with_overrides(cfg, {"acseg.train.steps": warmup + steps}), 0, train,
+                        get_method("acseg").n_clusters(cfg), device, progress=False)
     rows.append(Measure("acseg_train_steps_per_s", steps_per_second(stamps, warmup, steps), "steps/s",
-                        f"bench.train.train_generator, batch {cfg.train.batch_size}, {cfg.train.pixel_samples} "
+                        f"bench.methods.acseg.train_generator, batch {t.batch_size}, {t.pixel_samples} "
                         f"sampled pixels; {steps} steps timed after {warmup} warm-up steps"))
-    try:
-        knn = load_knn(cfg, cfg.data.train_split)
-        knn_note = f"k-NN table {knn_path(cfg, cfg.data.train_split)}"
-    except FileNotFoundError:
-        knn = knn_table(pooled_features(train.features), cfg.stego.knn)
-        knn_note = "k-NN table computed in memory (none cached)"
+    knn = knn_table(pooled_features(train), cfg.stego.knn)
     log.info("perf: STEGO training, %d warm-up + %d timed steps (batch %d)", warmup, steps, cfg.stego.batch_size)
     with step_clock(device) as stamps:
-        train_stego(with_overrides(cfg, stego__steps=warmup + steps), 0, train, knn, n_clusters(cfg, "stego"),
-                    device, progress=False)
+        train_stego(with_overrides(cfg, {"stego.steps": warmup + steps}), 0, train, knn,
+                    get_method("stego").n_clusters(cfg), device, progress=False)
     rows.append(Measure("stego_train_steps_per_s", steps_per_second(stamps, warmup, steps), "steps/s",
-                        f"bench.stego.train_stego, batch {cfg.stego.batch_size}, "
-                        f"{cfg.stego.feature_samples}^2 points; {steps} steps timed after {warmup} warm-up steps; "
-                        f"{knn_note}"))
+                        f"bench.methods.stego.train_stego, batch {cfg.stego.batch_size}, "
+                        f"{cfg.stego.feature_samples}^2 points; {steps} steps timed after {warmup} warm-up steps"))
     return rows
 
 
@@ -415,24 +404,24 @@ def measure_training(cfg: Config, train: CachedFeatures, device: torch.device, s
 
 
 def _eval_inputs(cfg: Config, split: str):
-    from bench.data import SegmentationSplit, get_spec, locate
+    from bench.data import SegmentationSplit, dataset_spec, locate
 
-    spec = get_spec(cfg.data.dataset)
+    spec = dataset_spec(cfg)
     return spec, SegmentationSplit(spec, locate(spec, cfg.data.local_copy, cfg.data.download_dir), split)
 
 
 def measure_evaluation(cfg: Config, feats: CachedFeatures, device: torch.device, min_seconds: float,
                        model_source: str, predict) -> list[Measure]:
     from bench.evaluate import evaluate
-    from bench.runs import n_clusters
+    from bench.methods import get_method
 
     spec, dataset = _eval_inputs(cfg, cfg.data.eval_split)
-    n, k = len(feats.names), n_clusters(cfg, "acseg")
+    n, k = len(feats.names), get_method("acseg").n_clusters(cfg)
     log.info("perf: evaluation of ACSeg on %d %s images, without and with the CRF", n, cfg.data.eval_split)
     plain = rate(lambda: evaluate(predict, feats, spec, dataset.read_label, k, device, progress=False),
                  n, device, min_seconds)
     with_crf = n / seconds(lambda: evaluate(predict, feats, spec, dataset.read_label, k, device, progress=False,
-                                            crf=cfg.crf, read_image=dataset.read_image, crf_alpha=cfg.crf.alpha,
+                                            crf=cfg.crf.params(), read_image=dataset.read_image, crf_alpha=cfg.crf.alpha,
                                             crf_workers=cfg.crf.workers),
                            device)
     where = f"bench.evaluate.evaluate, ACSeg ({model_source}), first {n} {cfg.data.eval_split} images, batch 8"
@@ -468,22 +457,23 @@ def eval_peak_rss(cfg: Config, dataset_spec, entry: str, split: str, threads: in
     in MB."""
     from bench.datasets import DATASETS
     from bench.evaluate import evaluate
-    from bench.runs import n_clusters
+    from bench.methods import get_method
 
     DATASETS.setdefault(dataset_spec.name, dataset_spec)  # registered at run time (tests): absent in a new process
     torch.set_num_threads(threads)
     device = resolve_device(cfg.run.device)
     spec, dataset = _eval_inputs(cfg, split)
     after_imports = _peak_rss_mb()
-    feats = streamed_features(Path(entry))  # as the evaluation reads a split (bench.runs.run_evaluate)
+    feats = read_features(Path(entry), stream=True)  # as the evaluation reads a split (bench.runs.run_evaluate)
     after_load = _peak_rss_mb()
     predict, _ = acseg_predictor(cfg, device, feats)
-    ev = evaluate(predict, feats, spec, dataset.read_label, n_clusters(cfg, "acseg"), device, progress=False)
+    ev = evaluate(predict, feats, spec, dataset.read_label, get_method("acseg").n_clusters(cfg), device,
+                  progress=False)
     end = _status_mb("RssAnon", "RssFile")
     return {"n_images": ev.n_images, "peak_rss_mb": _peak_rss_mb(), "after_imports_mb": after_imports,
             "after_features_mb": after_load, "end_anon_mb": end.get("RssAnon", float("nan")),
             "end_file_mb": end.get("RssFile", float("nan")),
-            "features_mb": 2 * (math.prod(feats.features.shape) + math.prod(feats.cls_attention.shape)) / 2**20}
+            "features_mb": 2 * (math.prod(feats.rows.shape) + math.prod(feats.attention_rows.shape)) / 2**20}
 
 
 def measure_eval_memory(cfg: Config, train: CachedFeatures, n: int) -> list[Measure]:
@@ -493,16 +483,16 @@ def measure_eval_memory(cfg: Config, train: CachedFeatures, n: int) -> list[Meas
     from concurrent.futures import ProcessPoolExecutor
 
     from bench import cache
-    from bench.data import get_spec
+    from bench.data import dataset_spec
 
-    split, spec = cfg.data.train_split, get_spec(cfg.data.dataset)
+    split, spec = cfg.data.train_split, dataset_spec(cfg)
     results = {}
     with tempfile.TemporaryDirectory(prefix="acseg-perf-memory-") as tmp:
         for label, count in (("1x", n), ("2x", 2 * n)):
             part = first_images(train, count)
             entry = Path(tmp) / f"first{count}"
-            cache.write_entry(entry, {"features": part.features, "cls_attention": part.cls_attention},
-                              {**part.meta, "names": part.names})
+            cache.write_entry(entry, {"features": part.rows, "cls_attention": part.attention_rows,
+                                      "grids": part.grids}, {**part.meta, "names": part.names})
             log.info("perf: peak memory of an evaluation of %d %s images, fresh process", count, split)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results[label] = pool.submit(eval_peak_rss, cfg, spec, str(entry), split,
@@ -571,8 +561,7 @@ def machine(device: torch.device) -> dict[str, str]:
     from bench.tracking import cpu_name
 
     info = {"cpu": cpu_name(), "cores": str(os.cpu_count()), "torch": torch.__version__,
-            "torch threads": str(torch.get_num_threads()),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"), "python": platform.python_version(),
+            "torch threads": str(torch.get_num_threads()), "python": platform.python_version(),
             "device": str(device)}
     if device.type == "cuda":
         info["device"] += f" ({torch.cuda.get_device_name(device)})"

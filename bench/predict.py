@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from bench.config import Config
-from bench.data import DatasetError, load_image
-from bench.features import resolve_device
+from bench.data import DatasetError, load_image, resize_image
+from bench.features import input_size, resolve_device
 from bench.figures import colorize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -24,33 +23,32 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
     from acseg.features import ViTFeatures
     from bench.backbones import load_backbone
     from bench.crops import crop_embeddings
-    from bench.runs import load_model, run_dir
+    from bench.runs import load_fitted, run_dir
 
     paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(images).is_dir() else []
     if not paths:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {images}")
     device = resolve_device(cfg.run.device)
-    model, saved = load_model(cfg, seed, device)
+    model, facts = load_fitted(cfg, "acseg", seed, device)
     vit, checksum = load_backbone(cfg.backbone)
-    if checksum != saved["weights_sha256"]:
+    if checksum != facts["weights_sha256"]:
         raise DatasetError(f"the model in {run_dir(cfg, 'acseg', seed)} was trained on backbone weights "
-                           f"{saved['weights_sha256'][:16]}, but the params load {checksum[:16]}")
+                           f"{facts['weights_sha256'][:16]}, but the params load {checksum[:16]}")
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
-    fitted_on = saved.get("config", {}).get("classifier", {})  # what the model's classifier was fitted on
+    classifier = cfg.acseg.classifier  # what the model's classifier was fitted on (DVC keeps the two in step)
     metrics_path = run_dir(cfg, "acseg", seed) / "metrics.json"
     mapping = np.array(json.loads(metrics_path.read_text())["mapping"]) if metrics_path.is_file() else None
     out.mkdir(parents=True, exist_ok=True)
-    size = (cfg.features.height, cfg.features.width)
     with torch.no_grad():
         for path in tqdm(paths, desc="predict", disable=not progress, unit="image"):
             rgb = load_image(path)
             x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(device) / 255
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = resize_image(x[0], input_size(rgb.shape[:2], cfg, extractor.patch_size))[None]
             extracted = extractor(x)
             regions = None
-            if fitted_on.get("regions") == "crops":  # the classifier was fitted on re-encoded crops: re-encode these
+            if classifier.regions == "crops":  # the classifier was fitted on re-encoded crops: re-encode these
                 regions = crop_embeddings(model, extractor, extracted["features"], x, extractor.patch_size,
-                                          fitted_on["crop_size"], cfg.features.batch_size)
+                                          classifier.crop_size, cfg.features.batch_size)
             classes = model(extracted["features"], rgb.shape[:2], extracted["cls_attention"],
                             regions).classes[0].cpu().numpy()
             if mapping is not None:

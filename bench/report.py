@@ -14,11 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METHOD_NAMES = {"acseg": "ACSeg", "kmeans": "DINO k-means (floor)", "stego": "STEGO"}
-AXIS_TITLES = {"prototypes": "number of prototypes k", "loss": "loss", "depth": "ACG depth N",
-               "depth+self_attention": "ACG depth N + prototype self-attention",
-               "self_attention": "prototype self-attention", "feature": "backbone features",
-               "backbone": "backbone", "classifier": "concept classifier", "classes": "classifier K"}
+from bench.ablate import axis_title
+from bench.stats import format_ci, format_p, format_summary, summarise, welch
+
+def method_title(name: str) -> str:
+    from bench.methods import METHODS
+
+    return METHODS[name].title if name in METHODS else name
+
+
+def dataset_title(name: str) -> str:
+    from bench.datasets import DATASETS
+
+    return DATASETS[name].title if name in DATASETS else name
+
 
 # The paper's claims (docs/method.md), each with the dataset it was made on: never compared across datasets.
 PAPER_CLAIMS = [
@@ -31,44 +40,59 @@ PAPER_CLAIMS = [
 
 @dataclass
 class ReportInputs:
-    results: pd.DataFrame
+    results: pd.DataFrame  # every dataset's rows; the report never mixes datasets in one table or figure
     ablations: pd.DataFrame | None = None
-    concepts: pd.DataFrame | None = None  # columns: seed, image, concepts
+    concepts: dict[str, pd.DataFrame] = field(default_factory=dict)  # dataset -> columns seed, image, concepts
     command: str = "dvc repro"
     config_hash: str = ""
     git_commit: str = ""
     notes: list[str] = field(default_factory=list)
-    # method -> [(image name, RGB, ground truth, matched prediction)] for the same first evaluation images
-    examples: dict[str, list] = field(default_factory=dict)
+    # dataset -> method -> [(image name, RGB, ground truth, matched prediction)] for the same evaluation images
+    examples: dict[str, dict[str, list]] = field(default_factory=dict)
     examples_seed: int = 0
-    ignore_index: int = 255
+    ignore_index: dict[str, int] = field(default_factory=dict)  # dataset -> void id
+    floor: str = "kmeans"  # the method every other is compared with
 
 
 def mean_std(values: pd.Series) -> str:
     """'m +- s' over seeds (sample std, ddof=1; a single seed has no std)."""
-    values = values.dropna()
-    if len(values) == 0:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f} (1 seed)"
-    return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+    return format_summary(summarise(values.dropna().tolist()))
 
 
-def main_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Methods x (mIoU, accuracy) as mean +- std over seeds, with and without CRF."""
+def main_table(results: pd.DataFrame, floor: str = "kmeans") -> pd.DataFrame:
+    """One dataset's methods x (mIoU, its 95 % CI, the difference from the floor with Welch's p, accuracy) over
+    seeds, with and without CRF (each compared with the floor of the same CRF setting)."""
+    if results.dataset.nunique() > 1:
+        raise ValueError("a main table holds one dataset: call it per dataset")
     rows = []
     for (method, crf), g in results.groupby(["method", "crf"], sort=True):
-        rows.append({"method": METHOD_NAMES.get(method, method), "CRF": "yes" if crf else "no",
-                     "mIoU (%)": mean_std(g.miou), "accuracy (%)": mean_std(g.acc), "seeds": g.seed.nunique()})
+        s = summarise(g.miou.tolist())
+        base = results[(results.method == floor) & (results.crf == crf)].miou.tolist()
+        versus = welch(g.miou.tolist(), base) if base and method != floor else None
+        rows.append({"method": method_title(method), "CRF": "yes" if crf else "no", "mIoU (%)": format_summary(s),
+                     "95% CI": format_ci(s),
+                     "vs floor": f"{versus.difference:+.2f}" if versus else "",
+                     "p (Welch)": format_p(versus.p_value) if versus else "",
+                     "accuracy (%)": mean_std(g.acc), "seeds": g.seed.nunique()})
     return pd.DataFrame(rows)
 
 
 def axis_tables(ablations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One table per sweep: each value's mean +- std, CI, and its difference from the default point (the sweep's
+    reference row) with Welch's p-value; * marks p < 0.05."""
     tables = {}
     for axis, g in ablations.groupby("axis", sort=False):
+        values = list(dict.fromkeys(g.value))
+        reference = g[g.value == values[0]].miou.tolist()  # the default point comes first in every sweep
         rows = []
-        for value, v in g.groupby("value", sort=False):
-            rows.append({AXIS_TITLES.get(axis, axis): value, "mIoU (%)": mean_std(v.miou),
+        for value in values:
+            v = g[g.value == value]
+            s = summarise(v.miou.tolist())
+            versus = welch(v.miou.tolist(), reference) if value != values[0] else None
+            mark = "*" if versus is not None and versus.significant else ""
+            rows.append({axis_title(axis): value, "mIoU (%)": format_summary(s) + mark, "95% CI": format_ci(s),
+                         "vs default": f"{versus.difference:+.2f}" if versus else "(default)",
+                         "p (Welch)": format_p(versus.p_value) if versus else "",
                          "accuracy (%)": mean_std(v.acc), "seeds": v.seed.nunique()})
         tables[axis] = pd.DataFrame(rows)
     return tables
@@ -125,16 +149,16 @@ def figure_axis_bars(ablations: pd.DataFrame, axis: str, path: Path, title: str)
     sns.barplot(data=g, x="value", y="miou", errorbar="sd", order=_sorted_values(g.value.drop_duplicates()),
                 capsize=0.15, ax=ax)
     ax.tick_params(axis="x", labelrotation=15)
-    return _save(fig, ax, path, title, AXIS_TITLES.get(axis, axis), "mIoU (%), mean +- std over seeds")
+    return _save(fig, ax, path, title, axis_title(axis), "mIoU (%), mean +- std over seeds")
 
 
-def figure_per_class(results: pd.DataFrame, path: Path) -> Path | None:
+def figure_per_class(results: pd.DataFrame, path: Path, title: str) -> Path | None:
     import seaborn as sns
 
-    cols = [c for c in results.columns if c.startswith("iou_")]
+    cols = [c for c in results.columns if c.startswith("iou_") and results[c].notna().any()]
     if not cols:
         return None
-    df = results.assign(name=[f"{METHOD_NAMES.get(m, m)}{' + CRF' if c else ''}" for m, c in
+    df = results.assign(name=[f"{method_title(m)}{' + CRF' if c else ''}" for m, c in
                               zip(results.method, results.crf)])
     table = df.groupby("name")[cols].mean()
     table.columns = [c[len("iou_"):] for c in cols]
@@ -142,10 +166,10 @@ def figure_per_class(results: pd.DataFrame, path: Path) -> Path | None:
     sns.heatmap(table, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"},
                 ax=ax)
     ax.tick_params(axis="x", labelrotation=45)
-    return _save(fig, ax, path, "Per-class IoU (mean over seeds)", "class", "")
+    return _save(fig, ax, path, f"Per-class IoU, {title} (mean over seeds)", "class", "")
 
 
-def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
+def figure_concepts(concepts: pd.DataFrame, path: Path, title: str) -> Path | None:
     import seaborn as sns
 
     if concepts is None or concepts.empty:
@@ -153,11 +177,12 @@ def figure_concepts(concepts: pd.DataFrame, path: Path) -> Path | None:
     fig, ax = _axes((5.5, 3.8))
     sns.histplot(data=concepts, x="concepts", hue="seed", discrete=True, multiple="dodge", shrink=0.8, ax=ax)
     ax.set_xticks(sorted(concepts.concepts.unique()))
-    return _save(fig, ax, path, "Distribution of concepts per image",
+    return _save(fig, ax, path, f"Distribution of concepts per image, {title}",
                  "concepts used per image (ACSeg's adaptive count)", "images")
 
 
-def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_index: int) -> Path | None:
+def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_index: int,
+                       title: str) -> Path | None:
     """Image / ground truth / each method's matched prediction, one row per fixed evaluation image."""
     if not examples:
         return None
@@ -166,8 +191,8 @@ def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_
     methods = list(examples)
     n = min(len(rows) for rows in examples.values())
     rows = [(*examples[methods[0]][r][:3], *(examples[m][r][3] for m in methods)) for r in range(n)]
-    return qualitative_grid(rows, path, f"Fixed evaluation images, seed {seed}, no CRF (predictions matched to "
-                            "classes)", ignore_index, tuple(METHOD_NAMES.get(m, m) for m in methods))
+    return qualitative_grid(rows, path, f"{title}: fixed evaluation images, seed {seed}, no CRF (predictions "
+                            "matched to classes)", ignore_index, tuple(method_title(m) for m in methods))
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -189,43 +214,45 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     lines = [
         "# acseg-bench report",
         "",
-        f"Generated by `acseg-bench report` from `results.csv`"
+        "Generated by `acseg-bench report` from `results.csv`"
         + (" and `ablations.csv`" if inputs.ablations is not None else "") + ". Do not edit by hand: "
         f"`{inputs.command}` regenerates it.",
         "",
         f"- git commit: `{inputs.git_commit or 'unknown'}`; config hash: `{inputs.config_hash or 'n/a'}`",
-        f"- dataset: {first.dataset} ({first.split} split); backbone: {first.backbone}, weights: {first.weights}; "
-        f"resolution {first.resolution}; feature type {first.feature_type}",
-        "- every value is mean +- std over seeds (sample std); CRF = dense CRF post-processing (the published "
-        "DenseCRF2D settings)",
+        f"- backbone: {first.backbone}, weights: {first.weights}; feature type {first.feature_type}",
+        "- every value is mean +- std over seeds (sample std) with the mean's 95 % confidence interval (Student's t); "
+        "'vs floor' is the difference from DINO k-means with the same CRF setting and its Welch t-test p-value; "
+        "CRF = dense CRF post-processing (the published DenseCRF2D settings)",
         *[f"- {n}" for n in inputs.notes],
         "",
-        "## Main table",
-        "",
-        _md(main_table(r)),
-        "",
     ]
-    per_class = figure_per_class(r, figures / "per_class_iou.png")
-    if per_class:
-        lines += [f"![per-class IoU](figures/{per_class.name})", ""]
-    grid = figure_qualitative(inputs.examples, figures / "qualitative.png", inputs.examples_seed, inputs.ignore_index)
-    if grid:
-        lines += ["## Qualitative comparison", "", f"![qualitative comparison](figures/{grid.name})", ""]
+    for dataset, d in r.groupby("dataset", sort=False):
+        title = dataset_title(dataset)
+        split = d.split.iloc[0]
+        lines += [f"## {title}, {split} split ({d.resolution.iloc[0]})", "", _md(main_table(d, inputs.floor)), ""]
+        per_class = figure_per_class(d, figures / f"per_class_iou_{dataset}.png", title)
+        if per_class:
+            lines += [f"![per-class IoU, {title}](figures/{per_class.name})", ""]
+        grid = figure_qualitative(inputs.examples.get(dataset, {}), figures / f"qualitative_{dataset}.png",
+                                  inputs.examples_seed, inputs.ignore_index.get(dataset, 255), title)
+        if grid:
+            lines += [f"![qualitative comparison, {title}](figures/{grid.name})", ""]
+        concepts = figure_concepts(inputs.concepts.get(dataset), figures / f"concepts_per_image_{dataset}.png", title)
+        if concepts:
+            lines += [f"![concepts per image, {title}](figures/{concepts.name})", ""]
     if inputs.ablations is not None and not inputs.ablations.empty:
-        lines += ["## Ablations (ACSeg)", ""]
-        for axis, table in axis_tables(inputs.ablations).items():
-            lines += [f"### {AXIS_TITLES.get(axis, axis)}", "", _md(table), ""]
-        for fig in (figure_prototypes(inputs.ablations, figures / "prototypes.png"),
-                    figure_axis_bars(inputs.ablations, "loss", figures / "loss_variants.png",
-                                     "ACSeg: loss variants")):
+        a = inputs.ablations
+        lines += [f"## Ablations (ACSeg, {dataset_title(a.dataset.iloc[0])} {a.split.iloc[0]})", "",
+                  "Each table's first row is the default point; * marks a mean that differs from it at p < 0.05 "
+                  "(Welch).", ""]
+        for axis, table in axis_tables(a).items():
+            lines += [f"### {axis_title(axis)}", "", _md(table), ""]
+        for fig in (figure_prototypes(a, figures / "prototypes.png"),
+                    figure_axis_bars(a, "loss", figures / "loss_variants.png", "ACSeg: loss variants")):
             if fig:
                 lines += [f"![{fig.stem}](figures/{fig.name})", ""]
-    concepts = figure_concepts(inputs.concepts, figures / "concepts_per_image.png")
-    if concepts:
-        lines += ["## ACSeg's adaptive number of concepts", "", f"![concepts per image](figures/{concepts.name})",
-                  ""]
     lines += ["## The paper's claims and what this harness measured", "",
-              "The paper's numbers are on its datasets; the numbers measured here are on the dataset named above. "
+              "The paper's numbers are on its datasets; the numbers measured here are on the datasets named above. "
               "They are not comparable with each other, only each claim's direction is.", "",
               _md(pd.DataFrame(PAPER_CLAIMS, columns=["claim", "paper's dataset", "paper"])), ""]
     lines += _measured_claims(inputs)
@@ -236,19 +263,21 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
 
 def _measured_claims(inputs: ReportInputs) -> list[str]:
     r, a = inputs.results, inputs.ablations
-    first = r.iloc[0]
-    here = f"{first.dataset} {first.split}"
     out = ["Measured here:", ""]
-    no_crf = r[~r.crf.astype(bool)]
-    means = no_crf.groupby("method").miou.mean()
-    for method, value in means.sort_values(ascending=False).items():
-        out.append(f"- {METHOD_NAMES.get(method, method)} on {here}, no CRF: mIoU {mean_std(no_crf[no_crf.method == method].miou)}")
-    if a is not None and not a[a.axis == "prototypes"].empty:
-        g = a[a.axis == "prototypes"].groupby("value").miou.mean()
-        best = g.idxmax()
-        out.append(f"- number of prototypes on {here}: best mean mIoU at k={best} ({g.max():.2f}) among "
-                   f"k in {{{', '.join(str(v) for v in _sorted_values(pd.Series(g.index)))}}}")
-    if a is not None and not a[a.axis == "loss"].empty:
-        g = a[a.axis == "loss"].groupby("value").miou.mean().sort_values(ascending=False)
-        out.append(f"- loss variants on {here}, by mean mIoU: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    for dataset, d in r.groupby("dataset", sort=False):
+        here = f"{dataset_title(dataset)} {d.split.iloc[0]}"
+        no_crf = d[~d.crf.astype(bool)]
+        means = no_crf.groupby("method").miou.mean()
+        for method in means.sort_values(ascending=False).index:
+            out.append(f"- {method_title(method)} on {here}, no CRF: mIoU "
+                       f"{mean_std(no_crf[no_crf.method == method].miou)}")
+    if a is not None and not a.empty:
+        here = f"{dataset_title(a.dataset.iloc[0])} {a.split.iloc[0]}"
+        if not a[a.axis == "prototypes"].empty:
+            g = a[a.axis == "prototypes"].groupby("value").miou.mean()
+            out.append(f"- number of prototypes on {here}: best mean mIoU at k={g.idxmax()} ({g.max():.2f}) among "
+                       f"k in {{{', '.join(str(v) for v in _sorted_values(pd.Series(g.index)))}}}")
+        if not a[a.axis == "loss"].empty:
+            g = a[a.axis == "loss"].groupby("value").miou.mean().sort_values(ascending=False)
+            out.append(f"- loss variants on {here}, by mean mIoU: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
     return out + [""]

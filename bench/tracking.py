@@ -4,21 +4,20 @@ server that is down costs a warning, never a result (the DVC outputs hold everyt
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.config import Config
+from bench.config import Config, mlflow_defaults
 
 log = logging.getLogger(__name__)
 
 
 # What a result depends on. The pipeline's own outputs (runs/, reports/, dvc.lock) change while it runs, so they
 # do not make a commit "dirty".
-SOURCES = ["acseg", "bench", "params.yaml", "params", "dvc.yaml", "pyproject.toml"]
+SOURCES = ["acseg", "bench", "conf", "params.yaml", "dvc.yaml", "pyproject.toml"]
 
 
 def git_commit() -> str:
@@ -58,12 +57,15 @@ def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, metho
     }
 
 
-def _quiet_mlflow_defaults() -> None:
-    """No telemetry, and an unreachable tracking server fails in seconds, not after minutes of retries (MLflow's
-    default); a user's own settings of these variables win."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# A sweep's worker process nests its runs under the sweep's parent run (set by the worker's initializer): process
+# state, not configuration.
+_parent_run_id: str | None = None
+
+
+def nest_under(run_id: str | None) -> None:
+    """Runs logged by this process from now on are nested under ``run_id`` (a sweep's parent, in a worker)."""
+    global _parent_run_id
+    _parent_run_id = run_id
 
 
 def log_run(
@@ -77,14 +79,14 @@ def log_run(
 ) -> str | None:
     """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id."""
     try:
-        _quiet_mlflow_defaults()
+        mlflow_defaults()
         import mlflow
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)
         mlflow.set_experiment(cfg.run.experiment)
         nested = mlflow.active_run() is not None
-        if not nested and cfg.run.parent_run_id:  # a sweep's worker process: nest under the sweep's run
-            tags = {**tags, "mlflow.parentRunId": cfg.run.parent_run_id}
+        if not nested and _parent_run_id:  # a sweep's worker process: nest under the sweep's run
+            tags = {**tags, "mlflow.parentRunId": _parent_run_id}
         with mlflow.start_run(run_name=run_name, nested=nested) as run:
             mlflow.set_tags(tags)
             flat = {k: ("null" if v is None else v) for k, v in (params or cfg.flat()).items()}
@@ -109,7 +111,7 @@ def parent_run(cfg: Config, run_name: str, params: dict[str, Any]) -> Iterator[s
     unavailable the block still runs (its results are on disk regardless)."""
     run = None
     try:
-        _quiet_mlflow_defaults()
+        mlflow_defaults()
         import mlflow
 
         mlflow.set_tracking_uri(cfg.run.tracking_uri)

@@ -19,6 +19,33 @@ from bench.data import ManifestDataset
 
 WEIGHTS_FILE = "dinov2_vits14_imgfocus.safetensors"
 WEIGHTS_SHA256 = "e51b70c0d254050b57cbbbfda9408b0c2b6800f6cca26d5237e7418c8e248de8"
+ROOT = Path(__file__).parents[1]
+PARAMS = ROOT / "params.yaml"
+
+# A few-second configuration over the repository's params (what the tiny tests run).
+TINY = {
+    "acseg.depth": 1, "acseg.width": 32, "acseg.heads": 2, "acseg.mlp_width": 64,
+    "acseg.train.steps": 5, "acseg.train.batch_size": 2, "acseg.train.warmup_steps": 1, "acseg.train.log_every": 1,
+    "stego.steps": 5, "stego.batch_size": 2, "stego.knn": 2, "stego.knn_draw": 2, "stego.feature_samples": 3,
+    "stego.neg_samples": 1, "stego.log_every": 1,
+    "ablations.sweeps": {"loss": {"loss": ["soft_modularity"]}, "feature": {"feature": ["keys"]}},
+    "ablations.train_steps": 5, "ablations.jobs": 1,
+}
+
+
+def dotlist(overrides: dict) -> list[str]:
+    """{"section.field": value} -> ["section.field=<value as YAML>"], the overrides load_config reads."""
+    import json
+
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def make_config(dataset: str | None = None, tiny: bool = True, params: Path = PARAMS, **overrides):
+    """The repository's params (optionally the tiny settings) with ``overrides``, no environment."""
+    from bench.config import load_config
+
+    return load_config(params, dataset=dataset, overrides=dotlist({**(TINY if tiny else {}), **overrides}),
+                       environment={})
 
 
 def _sha(path: Path) -> str:

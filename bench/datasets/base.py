@@ -93,6 +93,16 @@ class DatasetSpec:
                              f"{self.n_classes} classes nor the void id {self.ignore_index}")
         return raw
 
+    def read_label(self, path: Path) -> np.ndarray:
+        """A label file's raw values [H, W] (int64): a single-channel PNG unless the dataset stores labels
+        otherwise; :meth:`decode_label` maps them to class ids. An unreadable file is an error naming it."""
+        return read_png_label(path)
+
+    def bind(self, root: str | Path | None) -> DatasetSpec:
+        """The spec of the copy at ``root`` (the local copy, None: the download): itself, except for datasets that
+        learn their classes from the copy (``folder``)."""
+        return self
+
     def record(self, root: Path) -> dict:
         """Facts for the fetch stage's record beyond the common ones (free of machine-specific paths)."""
         return {}
@@ -100,6 +110,44 @@ class DatasetSpec:
     def check_split(self, split: str) -> None:
         if split not in self.splits:
             raise DatasetError(f"{self.title} has no split {split!r}; splits: {list(self.splits)}")
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; a file that cannot be decoded is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header (nothing decoded); an unreadable file is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def read_png_label(path: Path) -> np.ndarray:
+    """The values of a single-channel PNG label [H, W] (int64); anything else is an error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(f"label {path} has mode {im.mode}, expected a single-channel PNG")
+            return np.array(im, dtype=np.int64)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read label {path}: {e}") from e
 
 
 # ------------------------------------------------------------------------------------------- checksums
@@ -150,8 +198,10 @@ def check_archive(path: Path, archive: Archive) -> None:
 DOWNLOAD_TIMEOUT = 120  # seconds without data before a download is given up
 
 
-def download_archive(archive: Archive, dest_dir: Path, how_to_get: str) -> Path:
-    """Download to a temporary name, check size and checksum, then rename: the final name is always complete."""
+def download_archive(archive: Archive, dest_dir: Path, how_to_get: str,
+                     check: Callable[[Path], None] | None = None) -> Path:
+    """Download to ``.<name>.part``, check its size, its published checksum and ``check`` (e.g. every file against a
+    manifest), then rename: the final name is always a complete, checked archive; a failed check removes the part."""
     final = Path(dest_dir) / archive.filename
     if final.is_file():
         return final
@@ -172,6 +222,8 @@ def download_archive(archive: Archive, dest_dir: Path, how_to_get: str) -> Path:
             raise DatasetError(f"the download of {archive.filename} from {archive.url} is truncated: {got} of "
                                f"{expected} bytes. Run fetch again")
         check_archive(part, archive)
+        if check is not None:
+            check(part)
     except OSError as e:
         part.unlink(missing_ok=True)
         raise DatasetError(f"could not download {archive.url}: {e}. Without internet: {how_to_get}") from e

@@ -9,6 +9,7 @@ from bench.ablate import AXES, grid, parse_axes, point_config
 from bench.cli import app
 from bench.config import ConfigError, load_config
 from tests.bench.test_pipeline import invoke, workdir  # noqa: F401 (the fixture)
+from tests.conftest import PARAMS, make_config
 
 runner = CliRunner()
 
@@ -42,18 +43,19 @@ def test_bad_values_are_clear_errors(raw, message):
 
 
 def test_point_configs_change_exactly_their_parameters():
-    cfg = load_config(None, environment={})
+    cfg = make_config(tiny=False)
     (random_point,) = grid(parse_axes({"backbone": "random"}))
     changed = point_config(cfg, random_point, "runs/ablations", "backbone")
     assert changed.backbone.weights == "random" and changed.backbone.name == cfg.backbone.name
     assert changed.run.runs_dir == "runs/ablations/backbone/backbone=random"
+    assert changed.hash() != cfg.hash() and changed.features == cfg.features
     (k1,) = grid(parse_axes({"prototypes": "1"}))
     with pytest.raises(ConfigError, match="ablation point prototypes=1: invalid parameter acseg.prototypes=1"):
         point_config(cfg, k1, "runs/ablations", "prototypes")
 
 
 def test_every_sweep_includes_the_shared_default_point():
-    cfg = load_config(None, environment={})
+    cfg = make_config(tiny=False)
     points = grid(parse_axes({"backbone": "random"}), cfg)
     assert [p.value for p in points] == [cfg.backbone.name, "random"]  # the reference row comes first
     assert len(grid(parse_axes({"prototypes": f"2,{cfg.acseg.prototypes}"}), cfg)) == 2  # already there
@@ -62,21 +64,19 @@ def test_every_sweep_includes_the_shared_default_point():
     assert folders == {"runs/ablations/default"}  # one folder for the default, whichever sweep reaches it
 
 
-def test_sweeps_come_from_the_params_and_unknown_names_are_clear_errors(tmp_path):
+def test_sweeps_come_from_the_params_and_unknown_names_are_clear_errors():
     from bench.ablate import run_sweeps
 
-    params = tmp_path / "params.yaml"
-    params.write_text("ablations:\n  sweeps:\n    depth:\n      depth: [1, 3]\n      self_attention: ['on', 'off']\n")
-    cfg = load_config(params, environment={})
+    cfg = make_config(**{"ablations.sweeps": {"depth": {"depth": [1, 3], "self_attention": ["on", "off"]}}})
     assert grid(parse_axes(cfg.ablations.sweeps["depth"]))[1].label == "depth=1,self_attention=off"
     with pytest.raises(ConfigError, match="unknown sweep"):
         run_sweeps(cfg, ["nope"])
-    assert cfg.hash() == load_config(None, environment={}).hash()  # the plan is not part of any run's identity
+    assert cfg.hash() == make_config().hash()  # the plan is not part of any run's identity
     assert set(AXES) >= {"prototypes", "loss", "depth", "self_attention", "feature", "backbone", "classifier"}
 
 
 def test_unknown_loss_via_cli_is_one_clear_line():
-    result = runner.invoke(app, ["ablate", "--loss", "modularity,nope"])
+    result = runner.invoke(app, ["ablate", "--params", str(PARAMS), "--loss", "modularity,nope"])
     assert result.exit_code == 2 and "--loss: unknown value 'nope'" in result.output
 
 
@@ -90,6 +90,7 @@ def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypa
     assert len(df) == 6 and set(df.axis) == {"prototypes"} and sorted(set(df.value)) == [2, 3, 4]  # 4: default
     assert df.miou.between(0, 100).all() and (df.split == "val").all()
     assert (df.train_steps == load_config("params.yaml").ablations.train_steps).all()
+    assert (df.dataset == "camvid_mini").all()
 
     import mlflow
 
@@ -138,7 +139,7 @@ def _ensure_in_child(params: str, cache_dir: str, spec, split: str) -> int:
     extracted = []
     original = f._extract
     f._extract = lambda *a, **k: extracted.append(1) or original(*a, **k)
-    f.ensure_features(load_config(params, {"features.cache_dir": cache_dir}), split, progress=False)
+    f.ensure_features(load_config(params, overrides=[f"features.cache_dir={cache_dir}"]), split, progress=False)
     return len(extracted)
 
 
@@ -150,7 +151,7 @@ def test_two_processes_asking_for_one_cache_entry_compute_it_once(workdir):  # n
     from bench.datasets import get_spec
 
     invoke("fetch")
-    cfg = load_config("params.yaml", {"features.cache_dir": str(workdir / "fresh-cache")})
+    cfg = load_config("params.yaml", overrides=[f"features.cache_dir={workdir / 'fresh-cache'}"])
     args = [str(workdir / "params.yaml"), cfg.features.cache_dir, get_spec(cfg.data.dataset), "val"]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         counts = list(pool.map(_ensure_in_child, *[[a, a] for a in args]))
@@ -166,16 +167,17 @@ def test_a_crops_point_reencodes_the_concepts_and_changes_only_the_classifier(wo
     invoke("fetch")
     invoke("features", "--quiet")
     out = invoke("ablate", "--classifier", "crops", "--seeds", "0", "--quiet", "--runs-dir", "runs/abl",
-                 "--out", "reports/crops.csv", "-s", "classifier.crop_size=56")
+                 "--out", "reports/crops.csv", "-s", "acseg.classifier.crop_size=56")
     assert "classifier=crops seed 0: mIoU" in out
     df = pd.read_csv(workdir / "reports/crops.csv")
     assert sorted(df.value) == ["crops", "region_mean"] and df.miou.between(0, 100).all()
-    mean = torch.load(workdir / "runs/abl/default/acseg/seed0/model.pt", weights_only=False)
-    crops = torch.load(workdir / "runs/abl/classifier/classifier=crops/acseg/seed0/model.pt", weights_only=False)
+    mean = torch.load(workdir / "runs/abl/default/camvid_mini/acseg/seed0/model.pt", weights_only=False)
+    crops = torch.load(workdir / "runs/abl/classifier/classifier=crops/camvid_mini/acseg/seed0/model.pt",
+                       weights_only=False)
     generator = [k for k in mean["state_dict"] if k.startswith("generator.")]
     assert all(torch.equal(mean["state_dict"][k], crops["state_dict"][k]) for k in generator)
     assert not torch.allclose(mean["state_dict"]["class_centroids"], crops["state_dict"]["class_centroids"])
-    assert crops["config"]["classifier"]["regions"] == "crops"
+    assert crops["config"]["acseg"]["classifier"]["regions"] == "crops"
 
     # predict on new images re-encodes their concepts' crops the same way (the saved model says how it was fitted)
     from pathlib import Path
@@ -184,10 +186,11 @@ def test_a_crops_point_reencodes_the_concepts_and_changes_only_the_classifier(wo
 
     images = workdir / "imgs"
     images.mkdir()
-    src = Path(yaml.safe_load((workdir / "params.yaml").read_text())["data"]["local_copy"]) / "val"
+    src = Path(yaml.safe_load((workdir / "params.yaml").read_text())["datasets"]["camvid_mini"]["data"]["local_copy"]) / "val"
     first = sorted(src.iterdir())[0]
     (images / first.name).write_bytes(first.read_bytes())
-    invoke("predict", str(images), str(workdir / "pred"), "-s", "run.runs_dir=runs/abl/classifier/classifier=crops")
+    invoke("predict", str(images), str(workdir / "pred"), "-s", "run.runs_dir=runs/abl/classifier/classifier=crops",
+           "-s", "acseg.classifier.regions=crops", "-s", "acseg.classifier.crop_size=56")
     assert (workdir / "pred" / first.name).is_file()
 
 
@@ -195,5 +198,5 @@ def test_a_crop_size_off_the_patch_grid_is_a_clear_error(workdir):  # noqa: F811
     invoke("fetch")
     invoke("features", "--quiet")
     result = runner.invoke(app, ["ablate", "--classifier", "crops", "--seeds", "0", "--quiet", "--runs-dir",
-                                 "runs/abl", "-s", "classifier.crop_size=50"])
-    assert result.exit_code != 0 and "classifier.crop_size=50: must be a multiple of the patch size 14" in result.output
+                                 "runs/abl", "-s", "acseg.classifier.crop_size=50"])
+    assert result.exit_code != 0 and "acseg.classifier.crop_size=50: must be a multiple of the patch size 14" in result.output

@@ -3,31 +3,36 @@ import torch
 
 from bench.backbones import WeightsError, load_backbone, resolve_weights_file
 from bench.config import BackboneConfig
-from tests.conftest import WEIGHTS_FILE, WEIGHTS_SHA256, requires_shared, shared_paths
+from tests.conftest import WEIGHTS_FILE, WEIGHTS_SHA256, make_config, requires_shared, shared_paths
+
+
+def backbone(**values) -> BackboneConfig:
+    """The params' backbone section with some values changed."""
+    return BackboneConfig(**{**make_config(tiny=False).backbone.model_dump(), **values})
 
 
 def test_missing_weights_file_says_how_to_get_it(tmp_path):
-    cfg = BackboneConfig(weights="nope.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
+    cfg = backbone(weights="nope.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
     with pytest.raises(WeightsError, match=r"'nope.safetensors' not found.*To get it: with internet"):
         resolve_weights_file(cfg)
 
 
 def test_wrong_checksum_is_an_error(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"corrupt")
-    cfg = BackboneConfig(weights="w.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
+    cfg = backbone(weights="w.safetensors", weights_sha256="0" * 64, weights_dir=str(tmp_path))
     with pytest.raises(WeightsError, match="have sha256 .* but backbone.weights_sha256 is 000"):
         resolve_weights_file(cfg)
 
 
 def test_unknown_backbone_is_an_error():
     with pytest.raises(WeightsError, match="unknown backbone 'vit_huge'"):
-        load_backbone(BackboneConfig(name="vit_huge", weights="random"))
+        load_backbone(backbone(name="vit_huge", weights="random", weights_sha256=None))
 
 
 @pytest.mark.parametrize("name", ["vit_small_patch16_224.dino", "vit_small_patch8_224.dino"])
 def test_random_control_is_fixed(name):
-    a, sha_a = load_backbone(BackboneConfig(name=name, weights="random"))
-    b, sha_b = load_backbone(BackboneConfig(name=name, weights="random"))
+    a, sha_a = load_backbone(backbone(name=name, weights="random", weights_sha256=None))
+    b, sha_b = load_backbone(backbone(name=name, weights="random", weights_sha256=None))
     assert sha_a == sha_b and sha_a.startswith("random-")
     assert torch.equal(a.pos_embed, b.pos_embed)
 
@@ -35,7 +40,7 @@ def test_random_control_is_fixed(name):
 @requires_shared
 def test_real_weights_load_strictly():
     _, weights_dir = shared_paths()
-    vit, sha = load_backbone(BackboneConfig(weights=WEIGHTS_FILE, weights_sha256=WEIGHTS_SHA256,
+    vit, sha = load_backbone(backbone(weights=WEIGHTS_FILE, weights_sha256=WEIGHTS_SHA256,
                                             weights_dir=str(weights_dir)))
     assert sha == WEIGHTS_SHA256
     assert sum(p.numel() for p in vit.parameters()) == 22_056_192
@@ -49,4 +54,4 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(WeightsError, match="could not download the weights of .* Offline: .*ACSEG_WEIGHTS_DIR"):
-        resolve_weights_file(BackboneConfig(weights="hub"))
+        resolve_weights_file(backbone(weights="hub", weights_sha256=None))

@@ -1,55 +1,121 @@
-from pathlib import Path
+"""One typed config: params.yaml is the composition of conf/, the schema names bad keys and types, the dataset's
+own settings apply, the environment only says where things are, and locations stay out of the identity."""
 
 import pytest
+import yaml
 
-from bench.config import PRESETS, ConfigError, load_config, with_overrides
+from bench.config import Config, ConfigError, load_config, with_overrides
+from tests.conftest import PARAMS, ROOT, make_config
 
-PARAMS = Path(__file__).parents[2] / "params.yaml"
+
+def compose(*overrides: str) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
-def test_params_yaml_loads_and_validates():
+def test_params_yaml_is_the_composition_of_conf():
+    """`dvc repro` reads params.yaml, `dvc exp run` composes conf/: the two must say the same."""
+    assert yaml.safe_load(PARAMS.read_text()) == compose()
+
+
+@pytest.mark.parametrize("experiment,dataset", [("paper_voc2012", "voc2012"), ("paper_cocostuff27", "cocostuff27"),
+                                                ("paper_cityscapes27", "cityscapes27")])
+def test_paper_experiments_are_overrides_of_the_defaults(tmp_path, experiment, dataset):
+    values = compose(f"experiment={experiment}")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    cfg = load_config(path, environment={})
+    assert cfg.benchmark.datasets == [dataset] and cfg.data.dataset == dataset and cfg.ablations.dataset == dataset
+    assert cfg.backbone.name == "vit_small_patch8_224.dino" and cfg.backbone.weights == "hub"
+    paper = yaml.safe_load((ROOT / "conf/acseg/paper.yaml").read_text())
+    assert cfg.acseg.prototypes == paper["prototypes"] == 5 and cfg.acseg.width is None
+    assert cfg.acseg.train.steps == 2500 and cfg.stego.steps == 5000
+    assert (cfg.acseg.classifier.background == "cls_attention") == (dataset == "voc2012")
+    assert list(cfg.ablations.sweeps) == ["prototypes"]
+    # each experiment file holds only what differs from the defaults (no full copies)
+    assert len((ROOT / f"conf/experiment/{experiment}.yaml").read_text().splitlines()) < 40
+
+
+def test_the_default_loads_and_validates():
     cfg = load_config(PARAMS, environment={})
-    assert cfg.data.dataset == "camvid" and cfg.backbone.weights_sha256
+    assert cfg.data.dataset == cfg.benchmark.datasets[0] and cfg.backbone.weights_sha256
     assert cfg.run.tracking_uri == "sqlite:///mlflow.db"
+    assert isinstance(cfg, Config)
 
 
-def test_environment_only_sets_locations():
-    cfg = load_config(PARAMS, environment={"ACSEG_CAMVID_DIR": "/data/CamVid", "ACSEG_WEIGHTS_DIR": "/w",
-                                           "MLFLOW_TRACKING_URI": "sqlite:////tmp/x.db"})
-    assert (cfg.data.local_copy, cfg.backbone.weights_dir, cfg.run.tracking_uri) == ("/data/CamVid", "/w", "sqlite:////tmp/x.db")
-    assert cfg.hash("acseg", "train") == load_config(PARAMS, environment={}).hash("acseg", "train")
+def test_a_config_is_frozen_and_variants_are_new_validated_configs():
+    cfg = load_config(PARAMS, environment={})
+    with pytest.raises(Exception):
+        cfg.acseg.prototypes = 3  # no runtime state is written into a validated config
+    other = with_overrides(cfg, {"acseg.prototypes": 20})
+    assert other.acseg.prototypes == 20 and cfg.acseg.prototypes != 20
+    with pytest.raises(ConfigError, match=r"acseg.prototypes=1"):
+        with_overrides(cfg, {"acseg.prototypes": 1})
+    with pytest.raises(ConfigError, match="unknown parameter 'acseg.protoypes'"):
+        with_overrides(cfg, {"acseg.protoypes": 3})
 
 
-def test_overrides_are_typed():
-    cfg = load_config(PARAMS, overrides=["acseg.prototypes=10", "acseg.self_attention=false", "run.seeds=0,4"],
-                      environment={})
-    assert cfg.acseg.prototypes == 10 and cfg.acseg.self_attention is False and cfg.run.seeds == [0, 4]
+def test_environment_only_sets_locations_and_locations_are_not_identity():
+    env = {"ACSEG_CAMVID_DIR": "/data/CamVid", "ACSEG_WEIGHTS_DIR": "/w", "MLFLOW_TRACKING_URI": "sqlite:////tmp/x.db"}
+    cfg = load_config(PARAMS, environment=env)
+    assert (cfg.data.local_copy, cfg.backbone.weights_dir, cfg.run.tracking_uri) == ("/data/CamVid", "/w",
+                                                                                     "sqlite:////tmp/x.db")
+    plain = load_config(PARAMS, environment={})
+    assert cfg.hash() == plain.hash()
+    moved = load_config(PARAMS, overrides=["features.cache_dir=/shared/cache", "run.runs_dir=/shared/runs",
+                                           "crf.workers=1", "ablations.jobs=1"], environment={})
+    assert moved.hash() == plain.hash()  # two nodes mounting the cache elsewhere compute the same hash
+    assert load_config(PARAMS, overrides=["run.train_threads=2"], environment={}).hash() != plain.hash()
+
+
+def test_overrides_are_typed_yaml():
+    cfg = load_config(PARAMS, overrides=["acseg.prototypes=7", "acseg.self_attention=false", "benchmark.seeds=[0, 4]",
+                                         "acseg.width=null"], environment={})
+    assert cfg.acseg.prototypes == 7 and cfg.acseg.self_attention is False and cfg.benchmark.seeds == [0, 4]
+    assert cfg.acseg.width is None
 
 
 @pytest.mark.parametrize("override,match", [
-    ("acseg.prototypes=1", r"acseg.prototypes=1.*at least 2 prototypes"),
-    ("acseg.prototypes=five", r"acseg.prototypes: expected an integer"),
-    ("acseg.loss=l2", r"acseg.loss='l2'.*must be one of"),
-    ("features.type=values", r"features.type='values'"),
-    ("acseg.protoypes=5", r"unknown parameter 'acseg.protoypes'"),
-    ("train.lr=-1", r"train.lr=-1.0: must be positive"),
+    ("acseg.prototypes=1", r"invalid parameter acseg.prototypes=1: .*greater than or equal to 2.*at least 2 prototypes"),
+    ("acseg.prototypes=five", r"invalid parameter acseg.prototypes='five': .*valid integer"),
+    ("acseg.loss=l2", r"invalid parameter acseg.loss='l2': .*'modularity'"),
+    ("features.type=values", r"invalid parameter features.type='values'"),
+    ("acseg.protoypes=5", r"unknown parameter 'acseg.protoypes'; acseg has \[.*'prototypes'"),
+    ("acseg.train.lr=-1", r"invalid parameter acseg.train.lr=-1: .*greater than 0"),
+    ("run.train_threads=-1", r"invalid parameter run.train_threads=-1"),
+    ("stego.knn_draw=99", r"stego.knn_draw=99 must be between 1 and stego.knn"),
+    ("acseg.classifier.background=saliency", r"invalid parameter acseg.classifier.background='saliency'"),
+    ("acseg.classifier.overcluster_k=11", r"acseg.classifier.overcluster_k=11: over-clustering needs more clusters"),
+    ("backbone.weights=/abs/w.safetensors", r"backbone.weights=.*file name"),
+    ("acseg", r"must look like section.field=value"),
 ])
 def test_invalid_parameter_names_it_and_says_why(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(PARAMS, overrides=[override], environment={})
 
 
-def test_presets_are_valid():
-    for name in PRESETS:
-        load_config(PARAMS, preset=name, environment={})
-    with pytest.raises(ConfigError, match="unknown preset"):
-        load_config(PARAMS, preset="nope", environment={})
+def test_unknown_method_or_dataset_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown method 'dino'; known: \['acseg', 'kmeans', 'stego'"):
+        load_config(PARAMS, overrides=["benchmark.methods=[acseg, dino]"], environment={})
+    with pytest.raises(ConfigError, match=r"unknown dataset 'imagenet'; known: \[.*'camvid'"):
+        load_config(PARAMS, dataset="imagenet", environment={})
 
 
-def test_with_overrides_copies():
-    cfg = load_config(PARAMS, overrides=["acseg.prototypes=3"], environment={})
-    other = with_overrides(cfg, acseg__prototypes=20)
-    assert other.acseg.prototypes == 20 and cfg.acseg.prototypes == 3
+def test_a_dataset_of_the_benchmark_needs_its_settings_entry():
+    with pytest.raises(ConfigError, match="'voc2012' has no entry in datasets"):
+        load_config(PARAMS, overrides=["benchmark.datasets=[camvid, voc2012]"], environment={})
+
+
+def test_the_dataset_settings_apply_over_the_common_ones_and_the_command_line_over_both():
+    cfg = load_config(PARAMS, overrides=["datasets.camvid.features.height=112"], environment={})
+    assert cfg.features.height == 112
+    cli = load_config(PARAMS, overrides=["datasets.camvid.features.height=112", "features.height=56"],
+                      environment={})
+    assert cli.features.height == 56
 
 
 @pytest.mark.parametrize("dataset,variable", [("camvid", "ACSEG_CAMVID_DIR"), ("voc2012", "ACSEG_VOC_DIR"),
@@ -57,42 +123,19 @@ def test_with_overrides_copies():
                                               ("cityscapes27", "ACSEG_CITYSCAPES_DIR")])
 def test_each_dataset_reads_only_its_own_location_variable(dataset, variable):
     env = {v: f"/data/{v}" for v in ("ACSEG_CAMVID_DIR", "ACSEG_VOC_DIR", "ACSEG_COCOSTUFF_DIR", "ACSEG_CITYSCAPES_DIR")}
-    cfg = load_config(PARAMS, overrides=[f"data.dataset={dataset}"], environment=env)
+    cfg = load_config(PARAMS, dataset=dataset, environment=env)
     assert cfg.data.local_copy == f"/data/{variable}"
-    explicit = load_config(PARAMS, overrides=[f"data.dataset={dataset}", "data.local_copy=/mine"], environment=env)
+    explicit = load_config(PARAMS, dataset=dataset, overrides=["data.local_copy=/mine"], environment=env)
     assert explicit.data.local_copy == "/mine"  # the params win over the environment
 
 
-def test_options_added_later_leave_the_identity_of_earlier_configurations():
-    """classifier.background and the over-clustering options enter the config hash (and the config saved with a
-    model) only when set, so every result made before they existed keeps its identity."""
-    cfg = load_config(PARAMS, environment={})
-    assert "background" not in cfg.to_dict()["classifier"] and "overcluster_k" not in cfg.to_dict()["kmeans"]
-    assert cfg.flat()["classifier.background"] == "none"  # MLflow still logs every option
-    changed = load_config(PARAMS, overrides=["classifier.background=cls_attention"], environment={})
-    assert changed.to_dict()["classifier"]["background"] == "cls_attention" and changed.hash() != cfg.hash()
+def test_the_tiny_test_settings_are_valid():
+    cfg = make_config()
+    assert cfg.acseg.train.steps == 5 and list(cfg.ablations.sweeps) == ["loss", "feature"]
 
 
-@pytest.mark.parametrize("override,match", [
-    ("classifier.background=saliency", r"classifier.background='saliency'.*must be one of"),
-    ("classifier.overcluster_k=11", r"classifier.overcluster_k=11: over-clustering needs more clusters than the 11"),
-    ("kmeans.overcluster_k=5", r"kmeans.overcluster_k=5: over-clustering needs more"),
-])
-def test_invalid_new_options_are_named(override, match):
-    with pytest.raises(ConfigError, match=match):
-        load_config(PARAMS, overrides=[override], environment={})
-
-
-def test_paper_params_files_load_and_use_the_paper_settings():
-    root = PARAMS.parent / "params"
-    files = sorted(root.glob("paper_*.yaml"))
-    assert [f.stem for f in files] == ["paper_cityscapes27", "paper_cocostuff27", "paper_voc2012"]
-    for f in files:
-        cfg = load_config(f, environment={})
-        assert cfg.backbone.name == "vit_small_patch8_224.dino" and cfg.data.dataset == f.stem[len("paper_"):]
-        for key, value in PRESETS["paper"].items():  # the paper's ACG, as --preset paper sets it
-            section, name = key.split(".")
-            assert getattr(getattr(cfg, section), name) == value, (f.name, key)
-        assert cfg.run.runs_dir != "runs" and cfg.run.results_csv != "reports/results.csv"  # never CamVid's outputs
-    voc = load_config(root / "paper_voc2012.yaml", environment={})
-    assert voc.classifier.background == "cls_attention"
+def test_the_environment_is_read_in_one_module_only():
+    """bench/config.py reads (and, for MLflow's settings, writes) the environment; no other module touches it."""
+    offenders = [p.relative_to(ROOT) for p in (ROOT / "bench").rglob("*.py") if p.name != "config.py"
+                 and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
+    assert offenders == []

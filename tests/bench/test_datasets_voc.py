@@ -154,7 +154,9 @@ def test_fetch_stage_names_the_missing_split_list(voc, tmp_path, monkeypatch):
 
     (voc / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").unlink()
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["fetch", "-s", "data.dataset=voc2012",
+    from tests.conftest import PARAMS
+
+    result = CliRunner().invoke(app, ["fetch", "--params", str(PARAMS), "--dataset", "voc2012",
                                       "-s", f"data.local_copy={voc}"])
     assert result.exit_code == 2
     assert "the params use split 'val', which is absent" in result.output

@@ -29,17 +29,18 @@ def perf_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("perf")
     root = tmp / "synth"
     write_synthetic_dataset("synthetic_perf", root)
-    params = {
-        "data": {"dataset": "synthetic_perf", "local_copy": str(root)},
-        "backbone": {"weights": "random", "weights_sha256": None},
-        "features": {"height": 56, "width": 70, "cache_dir": str(tmp / "cache"), "batch_size": 2},
-        "acseg": {"prototypes": 3, "depth": 1, "width": 32, "heads": 2, "mlp_width": 64},
-        "train": {"batch_size": 2, "pixel_samples": 8, "warmup_steps": 1},
-        "stego": {"knn": 2, "knn_draw": 1, "batch_size": 2, "feature_samples": 2, "neg_samples": 1,
-                  "knn_dir": str(tmp / "knn")},
-        "crf": {"workers": 1},
-        "run": {"runs_dir": str(tmp / "runs"), "tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
-    }
+    from tests.conftest import PARAMS
+
+    params = yaml.safe_load(PARAMS.read_text())
+    params["benchmark"]["datasets"] = ["synthetic_perf"]
+    params["datasets"] = {"synthetic_perf": {"data": {"local_copy": str(root)}}}
+    params["backbone"].update(weights="random", weights_sha256=None)
+    params["features"].update(height=56, width=70, cache_dir=str(tmp / "cache"), batch_size=2)
+    params["acseg"].update(prototypes=3, depth=1, width=32, heads=2, mlp_width=64)
+    params["acseg"]["train"].update(batch_size=2, pixel_samples=8, warmup_steps=1)
+    params["stego"].update(knn=2, knn_draw=1, batch_size=2, feature_samples=2, neg_samples=1)
+    params["crf"]["workers"] = 1
+    params["run"].update(runs_dir=str(tmp / "runs"), tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     cfg = load_config(tmp / "params.yaml")
     for split in ("train", "val"):

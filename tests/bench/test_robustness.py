@@ -12,41 +12,50 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from bench import cache
 from bench.cli import app
-from bench.config import load_config
 from bench.features import ensure_features, load_features
+from tests.conftest import PARAMS, dotlist
+from tests.conftest import make_config as base_config
 
 GRID, DIM = (4, 5), 16
 
 
-def make_config(tmp_path: Path, root: Path, **overrides):
-    params = {
-        "data.dataset": "synthetic", "data.local_copy": str(root),
+def config_overrides(tmp_path: Path, root: Path, **overrides) -> dict:
+    return {
+        "data.local_copy": str(root),
         "backbone.weights": "random", "backbone.weights_sha256": None,
         "features.height": 56, "features.width": 70, "features.batch_size": 2,
         "features.cache_dir": str(tmp_path / "cache"),
-        "acseg.prototypes": 3, "classifier.n_classes": 2, "classifier.n_init": 1, "classifier.iters": 10,
-        "train.steps": 4, "train.batch_size": 2, "train.warmup_steps": 1, "train.log_every": 1,
-        "train.pixel_samples": 8, "crf.workers": 1,
+        "acseg.prototypes": 3, "acseg.classifier.n_classes": 2, "acseg.classifier.n_init": 1,
+        "acseg.classifier.iters": 10, "acseg.train.steps": 4, "acseg.train.batch_size": 2,
+        "acseg.train.warmup_steps": 1, "acseg.train.log_every": 1, "acseg.train.pixel_samples": 8,
+        "kmeans.k": 2, "kmeans.n_init": 1, "crf.workers": 1,
         "run.runs_dir": str(tmp_path / "runs"), "run.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
         **overrides,
     }
-    return load_config(None, overrides=params, preset="tiny", environment={})
 
 
-def write_features(cfg, split: str, spec, root: Path, poison: float | None = None) -> list[str]:
-    """Random cached features for a split's images (no backbone), optionally with one value set to ``poison``."""
+def make_config(tmp_path: Path, root: Path, **overrides):
+    """The synthetic dataset (tests/conftest.py) with a one-block ACSeg and a random backbone."""
+    return base_config("synthetic", **config_overrides(tmp_path, root, **overrides))
+
+
+def write_features(cfg, split: str, spec, root: Path, poison: float | None = None, grids=None) -> list[str]:
+    """Random cached features for a split's images (no backbone), optionally with one value set to ``poison``;
+    ``grids``: each image's patch grid (default: all GRID)."""
     names = [s.name for s in spec.samples(root, split)]
+    grids = torch.tensor(grids or [GRID] * len(names))
+    patches = int((grids[:, 0] * grids[:, 1]).sum())
     g = torch.Generator().manual_seed(0)
-    feats = torch.randn(len(names), *GRID, DIM, generator=g)
+    feats = torch.randn(patches, DIM, generator=g)
     if poison is not None:
-        feats[0, 0, 0, 0] = poison
-    attention = torch.rand(len(names), 2, *GRID, generator=g)
-    cache.write_entry(cache.cache_dir(cfg, split), {"features": feats.half(), "cls_attention": attention.half()},
+        feats[0, 0] = poison
+    attention = torch.rand(patches, 2, generator=g)
+    cache.write_entry(cache.cache_dir(cfg, split), {"features": feats.half(), "cls_attention": attention.half(),
+                                                    "grids": grids},
                       {**cache.expected_meta(cfg, split), "weights_sha256": "random-test", "names": names})
     return names
 
@@ -85,13 +94,14 @@ def test_interrupted_extraction_leaves_no_valid_entry_and_a_rerun_writes_one(tmp
         ensure_features(cfg, "val", progress=False)
     assert not cache.is_valid(path, meta)
     assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]  # the temporary folder is cleaned up
-    with pytest.raises(FileNotFoundError, match="no feature cache for split 'val'"):
+    with pytest.raises(FileNotFoundError, match="no feature cache for synthetic split 'val'"):
         load_features(cfg, "val")
 
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     assert ensure_features(cfg, "val", progress=False) == path and cache.is_valid(path, meta)
     feats = load_features(cfg, "val")
-    assert feats.names == ["v0.png", "v1.png"] and feats.features.shape[:3] == (2, 4, 5)
+    assert feats.names == ["v0.png", "v1.png"] and feats.grids.tolist() == [[4, 5], [4, 5]]
+    assert feats.rows.shape[0] == 2 * 4 * 5
 
 
 def test_leftovers_of_a_killed_extraction_are_ignored_and_do_not_break_the_next_write(tmp_path, synthetic_dataset):
@@ -113,7 +123,7 @@ def test_leftovers_of_a_killed_extraction_are_ignored_and_do_not_break_the_next_
     ensure_features(cfg, "val", progress=False)
     assert cache.is_valid(path, meta)
     feats = load_features(cfg, "val")
-    assert feats.names == ["v0.png", "v1.png"] and torch.isfinite(feats.features.float()).all()
+    assert feats.names == ["v0.png", "v1.png"] and torch.isfinite(feats.rows.float()).all()
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -121,16 +131,16 @@ def test_leftovers_of_a_killed_extraction_are_ignored_and_do_not_break_the_next_
 
 def test_interrupted_training_leaves_no_model_and_a_rerun_restarts_cleanly(tmp_path, monkeypatch,
                                                                           synthetic_dataset, no_tracking):
+    import bench.methods.acseg
     import bench.runs
-    import bench.train
-    from bench.runs import load_model, run_dir, run_train
+    from bench.runs import load_fitted, run_dir, run_train
 
     spec, root = synthetic_dataset
     cfg = make_config(tmp_path, root)
     write_features(cfg, "train", spec, root)
     out = run_dir(cfg, "acseg", 0)
 
-    real_loss, calls = bench.train.concept_loss, []
+    real_loss, calls = bench.methods.acseg.concept_loss, []
 
     def interrupted_at_step_3(*args, **kwargs):
         calls.append(1)
@@ -138,11 +148,11 @@ def test_interrupted_training_leaves_no_model_and_a_rerun_restarts_cleanly(tmp_p
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "concept_loss", interrupted_at_step_3)
+    monkeypatch.setattr(bench.methods.acseg, "concept_loss", interrupted_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        run_train(cfg, 0, progress=False)
+        run_train(cfg, "acseg", 0, progress=False)
     assert outputs(Path(cfg.run.runs_dir)) == []
-    monkeypatch.setattr(bench.train, "concept_loss", real_loss)
+    monkeypatch.setattr(bench.methods.acseg, "concept_loss", real_loss)
 
     # interrupted while the model is being written: model.pt is written under a temporary name, then renamed
     real_save = torch.save
@@ -153,17 +163,17 @@ def test_interrupted_training_leaves_no_model_and_a_rerun_restarts_cleanly(tmp_p
 
     monkeypatch.setattr(bench.runs.torch, "save", dies_mid_save)
     with pytest.raises(OSError, match="disk full"):
-        run_train(cfg, 0, progress=False)
+        run_train(cfg, "acseg", 0, progress=False)
     assert not (out / "model.pt").exists() and not (out / "train_summary.json").exists()
     assert not (out / ".model.pt.tmp").exists()  # the half-written temporary file is removed with the error
     with pytest.raises(FileNotFoundError, match="no trained model"):
-        load_model(cfg, 0, torch.device("cpu"))
+        load_fitted(cfg, "acseg", 0, torch.device("cpu"))
     monkeypatch.setattr(bench.runs.torch, "save", real_save)
 
-    run_train(cfg, 0, progress=False)
+    run_train(cfg, "acseg", 0, progress=False)
     assert not (out / ".model.pt.tmp").exists()
-    model, saved = load_model(cfg, 0, torch.device("cpu"))
-    assert saved["feature_dim"] == DIM
+    model, facts = load_fitted(cfg, "acseg", 0, torch.device("cpu"))
+    assert facts["feature_dim"] == DIM
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["final_loss"] == pytest.approx(float((out / "train_log.csv").read_text().split()[-1].split(",")[1]),
                                                   abs=1e-5)
@@ -175,10 +185,10 @@ def test_a_nan_or_inf_feature_stops_training_with_a_clear_message_and_no_outputs
     spec, root = synthetic_dataset
     cfg = make_config(tmp_path, root)
     write_features(cfg, "train", spec, root, poison=poison)
-    params = {section: values for section, values in cfg.to_dict().items() if section != "ablations"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", "--seed", "0", "--params", str(tmp_path / "params.yaml"), "--quiet"])
+    sets = [a for o in dotlist(config_overrides(tmp_path, root)) for a in ("-s", o)]
+    result = CliRunner().invoke(app, ["train", "--params", str(PARAMS), "--dataset", "synthetic", "--seed", "0", *sets,
+                                      "--quiet"])
     assert result.exit_code == 2, result.output
     assert "hold NaN or inf values" in result.output and "delete the feature cache entry" in result.output
     assert outputs(Path(cfg.run.runs_dir)) == []  # no model.pt, train_summary.json or metrics.json
@@ -186,14 +196,15 @@ def test_a_nan_or_inf_feature_stops_training_with_a_clear_message_and_no_outputs
 
 def test_a_huge_learning_rate_stops_training_with_a_clear_message_and_no_outputs(tmp_path, synthetic_dataset,
                                                                                 no_tracking):
+    from bench.methods import TrainingDiverged
     from bench.runs import run_train
-    from bench.train import TrainingDiverged
 
     spec, root = synthetic_dataset
-    cfg = make_config(tmp_path, root, **{"train.lr": 1e30, "train.steps": 20, "train.grad_clip": 0.0})
+    cfg = make_config(tmp_path, root, **{"acseg.train.lr": 1e30, "acseg.train.steps": 20, "acseg.train.grad_clip": 0.0})
     write_features(cfg, "train", spec, root)
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf|-inf) at step \d+ \(lr .*\); lower train.lr"):
-        run_train(cfg, 0, progress=False)
+    with pytest.raises(TrainingDiverged,
+                       match=r"loss became (nan|inf|-inf) at step \d+ \(lr .*\); lower acseg.train.lr"):
+        run_train(cfg, "acseg", 0, progress=False)
     assert outputs(Path(cfg.run.runs_dir)) == []
 
 
@@ -214,7 +225,7 @@ def test_mlflow_unavailable_costs_a_warning_not_the_results(tmp_path, monkeypatc
     write_features(cfg, "val", spec, root)
 
     with caplog.at_level(logging.WARNING, logger="bench.tracking"):
-        run_train(cfg, 0, progress=False)
+        run_train(cfg, "acseg", 0, progress=False)
         metrics = run_evaluate(cfg, "acseg", 0, progress=False)
     out = run_dir(cfg, "acseg", 0)
     for name in ("model.pt", "train_log.csv", "train_summary.json", "loss_curve.png", "metrics.json", "confusion.csv",

@@ -11,6 +11,7 @@ import torch
 
 from bench.config import ConfigError, load_config
 from tests.bench.test_robustness import make_config, no_tracking, write_features  # noqa: F401
+from tests.conftest import PARAMS
 
 
 @pytest.fixture
@@ -23,17 +24,17 @@ def restore_threads():
 @pytest.mark.parametrize("method", ["acseg", "stego"])
 def test_training_runs_on_the_configured_threads_and_restores_the_process_count(
         method, tmp_path, monkeypatch, synthetic_dataset, no_tracking, restore_threads):  # noqa: F811
-    import bench.stego
-    import bench.train
-    from bench.runs import run_dir, run_train, run_train_stego
+    import bench.methods.acseg
+    import bench.methods.stego
+    from bench.runs import run_dir, run_train
 
     spec, root = synthetic_dataset
     cfg = make_config(tmp_path, root, **{"run.train_threads": 1, "stego.steps": 2, "stego.batch_size": 2,
-                                          "stego.knn": 1, "stego.knn_draw": 1, "stego.feature_samples": 2,
-                                          "stego.knn_dir": str(tmp_path / "knn")})
+                                          "stego.knn": 1, "stego.knn_draw": 1, "stego.feature_samples": 2})
     write_features(cfg, "train", spec, root)
     seen = []
-    module, name = (bench.train, "train_generator") if method == "acseg" else (bench.stego, "train_stego")
+    module, name = ((bench.methods.acseg, "train_generator") if method == "acseg"
+                    else (bench.methods.stego, "train_stego"))
     real = getattr(module, name)
 
     def recording(*args, **kwargs):
@@ -42,7 +43,7 @@ def test_training_runs_on_the_configured_threads_and_restores_the_process_count(
 
     monkeypatch.setattr(module, name, recording)
     torch.set_num_threads(2)
-    (run_train if method == "acseg" else run_train_stego)(cfg, 0, progress=False)
+    run_train(cfg, method, 0, progress=False)
     assert seen == [1]  # trained on run.train_threads
     assert torch.get_num_threads() == 2  # and the process's own count is back for evaluation
     summary = json.loads((run_dir(cfg, method, 0) / "train_summary.json").read_text())
@@ -57,14 +58,13 @@ def test_train_threads_zero_keeps_the_process_count(tmp_path, synthetic_dataset,
     cfg = make_config(tmp_path, root, **{"run.train_threads": 0})
     write_features(cfg, "train", spec, root)
     torch.set_num_threads(2)
-    run_train(cfg, 0, progress=False)
+    run_train(cfg, "acseg", 0, progress=False)
     assert json.loads((run_dir(cfg, "acseg", 0) / "train_summary.json").read_text())["torch_threads"] == 2
 
 
-def test_train_threads_is_part_of_the_configuration_only_when_changed():
-    base = load_config(None, overrides={}, environment={})
+def test_train_threads_is_part_of_the_configuration():
+    base = load_config(PARAMS, environment={})
     assert base.run.train_threads == 1
-    assert base.hash() == load_config(None, overrides={"run.train_threads": 1}, environment={}).hash()
-    assert base.hash() != load_config(None, overrides={"run.train_threads": 2}, environment={}).hash()
-    with pytest.raises(ConfigError, match=r"run\.train_threads=-1.*>= 0"):
-        load_config(None, overrides={"run.train_threads": -1}, environment={})
+    assert base.hash() != load_config(PARAMS, overrides=["run.train_threads=2"], environment={}).hash()
+    with pytest.raises(ConfigError, match=r"run\.train_threads=-1.*greater than or equal to 0"):
+        load_config(PARAMS, overrides=["run.train_threads=-1"], environment={})

@@ -1,0 +1,38 @@
+"""The registry of methods (like timm's models): ``benchmark.methods`` and ``--method`` name them.
+
+| name | method | fitted by | segments |
+| --- | --- | --- | --- |
+| ``acseg`` | ACSeg: concept generator + concept classifier | its loss on the train split, then k-means over concept regions | the image's concepts, each carrying a class |
+| ``kmeans`` | DINO k-means, the floor | k-means over patch features of the cluster split | K clusters |
+| ``stego`` | STEGO on cached features | its correspondence loss + cluster probe | K clusters |
+
+A method is one module here plus one :func:`register_method` call: a :class:`~bench.methods.base.Method` says how
+it is fitted, how its saved state is rebuilt, how it predicts segment scores and how many clusters it has.
+``bench.runs`` trains, saves, evaluates and collects every method the same way.
+"""
+
+from __future__ import annotations
+
+from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add (or replace) a method under its name; returns it (usable as a class decorator's result)."""
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        from bench.config import ConfigError
+
+        raise ConfigError(f"unknown method {name!r}; known: {sorted(METHODS)} (see `acseg-bench methods`)")
+    return METHODS[name]
+
+
+from bench.methods import acseg, kmeans, stego  # noqa: E402,F401  (each registers itself)
+
+__all__ = ["METHODS", "Fitted", "History", "Method", "Predictor", "TrainingDiverged", "get_method", "register_method"]

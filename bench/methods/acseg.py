@@ -1,0 +1,200 @@
+"""ACSeg on cached features: the concept generator trained by its loss, then the concept classifier fit by k-means
+over the concept regions of the cluster split (docs/method.md). The whole training loop is :func:`train_generator`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from acseg.assignment import cosine_assignment, hard_assignment
+from acseg.classifier import background_concepts, fit_concept_classifier
+from acseg.concept_generator import ConceptGenerator
+from acseg.losses import concept_loss
+from acseg.model import ACSeg
+from bench.config import Config
+from bench.features import CachedFeatures, load_features
+from bench.methods import register_method
+from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, check_finite, feature_mean
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: Config, feature_dim: int, n_classes: int, mean: torch.Tensor | None = None) -> ACSeg:
+    a, c = cfg.acseg, cfg.acseg.classifier
+    generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention)
+    return ACSeg(generator, torch.zeros(feature_dim) if mean is None else mean, n_classes, cosine=c.cosine,
+                 raw_regions=c.raw_regions, background=c.background == "cls_attention")
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    t = cfg.acseg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _loss_kwargs(cfg: Config) -> dict:
+    return {"temperature": cfg.acseg.soft_temperature} if cfg.acseg.loss == "soft_modularity" else {}
+
+
+def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, device: torch.device,
+                    progress: bool = True) -> tuple[ACSeg, History]:
+    """The concept generator's training: batches of images, the loss on (a sample of) their pixels, AdamW."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    check_finite(train)
+    model = build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.acseg.train
+    # the fused kernel (one pass over all parameters) is 4-5x faster than the per-tensor loop on a CPU
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
+    history = History()
+    for step in tqdm(range(t.steps), desc="train acseg", disable=not progress, unit="step"):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = torch.randint(len(train), (t.batch_size,), generator=generator)
+        loss = 0.0
+        for images in train.groups(batch):  # one group unless the images' patch grids differ
+            x = model.prepare(images.features.to(device))
+            similarity = cosine_assignment(x, model.generator(x))
+            b, n_pix, d = x.shape
+            if 0 < t.pixel_samples < n_pix:  # the loss on a random subset of pixels: O(P^2) instead of O(n^2)
+                idx = torch.rand(b, n_pix, generator=generator).argsort(-1)[:, : t.pixel_samples].to(device)
+                x = torch.gather(x, 1, idx[..., None].expand(-1, -1, d))
+                similarity = torch.gather(similarity, 1, idx[..., None].expand(-1, -1, similarity.shape[-1]))
+            share = len(images.positions) / t.batch_size  # the batch mean over images of every grid
+            loss = loss + concept_loss(cfg.acseg.loss, x, similarity, **_loss_kwargs(cfg)) * share
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step} (lr {lr_at(step, cfg):.2e}); "
+                                   "lower acseg.train.lr or raise acseg.train.warmup_steps")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        opt.step()
+        if step % t.log_every == 0 or step == t.steps - 1:
+            history.log({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg)})
+    return model, history.stop()
+
+
+@torch.no_grad()
+def collect_regions(model: ACSeg, feats: CachedFeatures, device: torch.device, batch_size: int = 16,
+                    background: bool = False, crops: Callable | None = None, progress: bool = False):
+    """Region embeddings [M, D] and pixel counts [M] of every concept that wins a patch, over a whole split.
+
+    The embedding is the region's mean feature, or with ``crops`` (a :class:`bench.crops.CropEncoder`) the [CLS] of
+    its re-encoded crop. With ``background`` (the background split), background concepts are left out."""
+    model.eval()
+    embeddings, sizes = [], []
+    for start in tqdm(range(0, len(feats), batch_size), desc="concept regions", disable=not progress, unit="batch"):
+        for images in feats.groups(range(start, min(start + batch_size, len(feats)))):
+            part = images.features.to(device)
+            emb, counts, s = model.regions(part)
+            if crops is not None:
+                emb = crops(model, part, images.names)
+            keep = counts > 0
+            if background:
+                attention = images.cls_attention.to(device)
+                keep &= ~background_concepts(attention, hard_assignment(s), model.generator.n_prototypes)
+            embeddings.append(emb[keep].cpu())
+            sizes.append(counts[keep].cpu())
+    return torch.cat(embeddings), torch.cat(sizes)
+
+
+def classifier_centroids(cfg: Config, model: ACSeg, feats: CachedFeatures, n_classes: int, seed: int,
+                         device: torch.device, progress: bool = False) -> tuple[torch.Tensor, int]:
+    """k-means over a split's concept regions into K classes (K-1 and background with the background split):
+    (centroids, number of regions). The regions are what acseg.classifier.regions says: means or re-encoded crops."""
+    c = cfg.acseg.classifier
+    crops = None
+    if c.regions == "crops":
+        from bench.crops import CropEncoder
+
+        crops = CropEncoder(cfg, feats.meta["split"], device)
+    regions, sizes = collect_regions(model, feats, device, background=model.background, crops=crops,
+                                     progress=progress and crops is not None)
+    k = n_classes - int(model.background)
+    if regions.shape[0] < k:
+        raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the cluster split, fewer than "
+                               f"K={k} classes: the concepts collapsed")
+    result = fit_concept_classifier(regions, k, seed=seed, cosine=c.cosine, iters=c.iters, n_init=c.n_init,
+                                    weights=sizes if c.weighted else None)
+    return result.centroids, regions.shape[0]
+
+
+class ACSegPredictor(Predictor):
+    """ACSeg's segments are its concepts, each carrying its class; counts the concepts every image uses."""
+
+    def __init__(self, model: ACSeg, crops=None):
+        self.model, self.crops, self.counts = model, crops, []
+
+    def __call__(self, features, size, cls_attention, names):
+        from bench.evaluate import Prediction
+
+        regions = self.crops(self.model, features, names) if self.crops else None
+        seg = self.model(features, size, cls_attention, regions)
+        self.counts.append(seg.n_concepts.cpu())
+        return Prediction(seg.concept_scores, seg.concept_classes, segments_used=seg.n_concepts)
+
+    def summary(self) -> dict[str, float]:
+        c = torch.cat(self.counts).float()
+        return {"concepts_per_image_mean": c.mean().item(), "concepts_per_image_min": c.min().item(),
+                "concepts_per_image_max": c.max().item()}
+
+
+class ACSegMethod(Method):
+    name = "acseg"
+    title = "ACSeg"
+
+    def n_clusters(self, cfg: Config) -> int:
+        return cfg.acseg.classifier.n_classes or super().n_clusters(cfg)
+
+    def overcluster_k(self, cfg: Config) -> int:
+        return cfg.acseg.classifier.overcluster_k
+
+    def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
+        train = load_features(cfg, cfg.data.train_split)
+        cluster = load_features(cfg, cfg.data.cluster_split) if cfg.data.cluster_split != cfg.data.train_split else train
+        k = self.n_clusters(cfg)
+        model, history = train_generator(cfg, seed, train, k, device, progress)
+        centroids, n_regions = classifier_centroids(cfg, model, cluster, k, seed, device, progress)
+        model.class_centroids.copy_(centroids.to(device))
+        facts: dict[str, Any] = {"feature_dim": train.dim, "n_clusters": k, "weights_sha256": train.meta["weights_sha256"]}
+        if self.overcluster_k(cfg):  # a second classifier with K' > classes, for the over-clustering metric
+            facts["overcluster_centroids"], _ = classifier_centroids(cfg, model, cluster, self.overcluster_k(cfg),
+                                                                     seed, device)
+        return Fitted(model, facts, history, {"concept_regions": n_regions},
+                      f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
+
+    def build(self, cfg: Config, facts: dict[str, Any]) -> ACSeg:
+        return build_model(cfg, facts["feature_dim"], facts["n_clusters"])
+
+    def _crops(self, cfg: Config, device: torch.device, split: str):
+        if cfg.acseg.classifier.regions != "crops":
+            return None
+        from bench.crops import CropEncoder
+
+        return CropEncoder(cfg, split, device)
+
+    def predictor(self, cfg, model, facts, device, split) -> Predictor:
+        return ACSegPredictor(model, self._crops(cfg, device, split))
+
+    def overcluster_predictor(self, cfg, model, facts, device, split) -> Predictor:
+        k = self.overcluster_k(cfg)
+        centroids = facts.get("overcluster_centroids")
+        if centroids is None or centroids.shape[0] != k - int(model.background):
+            raise FileNotFoundError(f"the model has no over-clustering classifier with K'={k}: train it again with "
+                                    f"acseg.classifier.overcluster_k={k}")
+        over = build_model(cfg, facts["feature_dim"], k)
+        over.load_state_dict({**model.state_dict(), "class_centroids": centroids})
+        return ACSegPredictor(over.to(device).eval(), self._crops(cfg, device, split))
+
+
+register_method(ACSegMethod())
