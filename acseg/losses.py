@@ -9,7 +9,12 @@ Per image, on the fully connected graph of its patches:
     L    = -(1 / 2m) sum_ij W_ij D_ij                                 -> :func:`modularity_loss`
 
 A, W and m are constants: only the concepts carry gradient. Every function is batched over a leading image
-dimension B.
+dimension B. Which edges A keeps is a :class:`Graph` (the paper's reading is the dense graph; an outside audit found
+its modularity optimum coarse and a k-NN-sparsified one semantic, so the graph is an option):
+
+    dense      A_ij = max(0, cos(x_i, x_j))
+    knn        A_ij kept where j is among i's k most affine pixels or i among j's (symmetrised) -> :func:`knn_sparsified`
+    threshold  A_ij kept where A_ij > t                                                  -> :func:`thresholded`
 """
 
 from __future__ import annotations
@@ -26,6 +31,42 @@ def affinity(features: torch.Tensor) -> torch.Tensor:
     """A_ij = max(0, cos(x_i, x_j)). features [B, n, d] -> [B, n, n]."""
     unit = F.normalize(features, dim=-1)
     return (unit @ unit.transpose(-1, -2)).clamp_min(0)
+
+
+def knn_sparsified(affinity: torch.Tensor, k: int) -> torch.Tensor:
+    """The affinity [B, n, n] with only the edges from each pixel to its k most affine others, symmetrised (an edge
+    stays if either end chose it); self-loops stay as in the dense graph."""
+    k = min(k + 1, affinity.shape[-1])  # the pixel itself is its own most affine
+    chosen = torch.zeros_like(affinity, dtype=torch.bool).scatter_(-1, affinity.topk(k, dim=-1).indices, True)
+    return affinity * (chosen | chosen.transpose(-1, -2))
+
+
+def thresholded(affinity: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The affinity [B, n, n] with only the edges above ``threshold``."""
+    return affinity * (affinity > threshold)
+
+
+class Graph:
+    """Which edges of the pixel graph the loss keeps: ``dense``, ``knn`` (``k`` neighbours) or ``threshold``."""
+
+    KINDS = ("dense", "knn", "threshold")
+
+    def __init__(self, kind: str = "dense", k: int = 0, threshold: float = 0.0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown graph {kind!r}; choose one of {self.KINDS}")
+        self.kind, self.k, self.threshold = kind, k, threshold
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, n, d] -> the graph's affinity [B, n, n]."""
+        a = affinity(features)
+        if self.kind == "knn":
+            return knn_sparsified(a, self.k)
+        if self.kind == "threshold":
+            return thresholded(a, self.threshold)
+        return a
+
+
+DENSE = Graph()
 
 
 def modularity_matrix(affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,32 +99,33 @@ def modularity(intensity: torch.Tensor, modularity_mat: torch.Tensor, two_m: tor
     return (modularity_mat * intensity).sum(dim=(-1, -2)) / two_m
 
 
-def modularity_loss(features: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+def modularity_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE) -> torch.Tensor:
     """ACSeg's loss, L = -(1/2m) sum_ij W_ij D_ij, averaged over the batch.
 
     features [B, n, d] define the graph (no gradient); assignment [B, n, k] is S+ (gradient flows here).
     """
     with torch.no_grad():
-        w, two_m = modularity_matrix(affinity(features))
+        w, two_m = modularity_matrix(graph(features))
     return -modularity(concept_intensity(assignment), w, two_m).mean()
 
 
-def soft_modularity_loss(features: torch.Tensor, similarity: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def soft_modularity_loss(features: torch.Tensor, similarity: torch.Tensor, temperature: float = 0.1,
+                         graph: Graph = DENSE) -> torch.Tensor:
     """Variant: D_ij = sum_c p_ic p_jc with p = softmax(S / tau), the usual soft relaxation of modularity."""
     with torch.no_grad():
-        w, two_m = modularity_matrix(affinity(features))
+        w, two_m = modularity_matrix(graph(features))
     p = torch.softmax(similarity / temperature, dim=-1)
     return -modularity(p @ p.transpose(-1, -2), w, two_m).mean()
 
 
-def no_degree_loss(features: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+def no_degree_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE) -> torch.Tensor:
     """Variant without the degree (null-model) term: W = A - mean(A), plain affinity agreement.
 
     Subtracting the mean affinity keeps the trivial "one concept for everything" from winning outright while
     dropping Newman's k_i k_j / 2m expectation, which is the ablation's point.
     """
     with torch.no_grad():
-        a = affinity(features)
+        a = graph(features)
         two_m = a.sum(dim=(-1, -2))
         w = a - a.mean(dim=(-1, -2), keepdim=True)
     return -modularity(concept_intensity(assignment), w, two_m).mean()
@@ -103,12 +145,14 @@ LOSSES: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
 }
 
 
-def concept_loss(name: str, features: torch.Tensor, similarity: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Dispatch by name to one of :data:`LOSSES`; the distortion loss ignores the graph."""
+def concept_loss(name: str, features: torch.Tensor, similarity: torch.Tensor, graph: Graph = DENSE,
+                 **kwargs) -> torch.Tensor:
+    """Dispatch by name to one of :data:`LOSSES`: ``features`` [B, n, d] make the ``graph``, ``similarity``
+    [B, n, k] is S. The distortion loss ignores the graph."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     fn, takes = LOSSES[name]
     x = clipped_assignment(similarity) if takes == "clipped" else similarity
     if name == "distortion":
         return fn(features, x)
-    return fn(features, x, **kwargs)
+    return fn(features, x, graph=graph, **kwargs)

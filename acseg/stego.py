@@ -131,6 +131,38 @@ class ClusterProbe(nn.Module):
         scores = self(codes)
         return -scores.max(-1).values.mean()
 
+    def wins(self, codes: torch.Tensor) -> torch.Tensor:
+        """How many of ``codes`` [..., c] each centroid wins, [K]."""
+        return torch.bincount(self(codes).argmax(-1).flatten(), minlength=self.centroids.shape[0])
+
+    @torch.no_grad()
+    def reseed(self, codes: torch.Tensor, dead: torch.Tensor) -> int:
+        """Centroids that won nothing (``dead`` [K] bool) restart on the ``codes`` [..., c] their closest centroid
+        fits worst (k-means' usual fix for an empty cluster, as scikit-learn's); returns how many were re-seeded.
+        An online k-means can otherwise leave a centroid stranded far from every code, and the readout then uses
+        fewer clusters than it has."""
+        n = int(dead.sum())
+        if n:
+            flat = codes.reshape(-1, codes.shape[-1])
+            fit = self(flat).max(-1).values
+            self.centroids[dead] = flat[fit.argsort()[:n]].to(self.centroids.dtype)
+        return n
+
+
+def calibrated_shifts(correlations: dict[str, torch.Tensor], repel: dict[str, float]) -> dict[str, float]:
+    """The label-free shift rule: each term's shift is the ``repel[term]`` quantile of its feature correlations F
+    over sampled pairs, so that exactly that fraction of the term's pairs repel (F below the shift) and the rest
+    attract. A shift tuned for one backbone and dataset says nothing about another's F distribution; a fraction of
+    pairs that repel means the same thing for every one."""
+    return {term: float(torch.quantile(values.flatten().double(), repel[term])) for term, values in correlations.items()}
+
+
+def bilinear_points(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Feature maps [B, d, h, w] read at continuous coordinates [B, P, 2] (x, y in [-1, 1], grid_sample's
+    convention with align_corners=False) -> [B, P, d], bilinear (STEGO samples its points this way)."""
+    out = F.grid_sample(maps, coords[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0].transpose(1, 2)
+
 
 def knn_table(pooled: torch.Tensor, k: int = 30, chunk: int = 1024) -> torch.Tensor:
     """Indices [N, k] of each image's k most similar other images (cosine of pooled features), nearest first.

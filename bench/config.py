@@ -120,6 +120,18 @@ class ClassifierConfig(Section):
     crop_size: int = Field(ge=1, description="crops only: the backbone's square input, a multiple of its patch")
 
 
+class GraphConfig(Section):
+    """The pixel graph of ACSeg's loss (acseg.losses.Graph)."""
+
+    kind: Literal["dense", "knn", "threshold"] = Field(description="dense max(0, cos) (the paper's reading), k-NN "
+                                                                   "sparsified (symmetrised), or thresholded")
+    k: int = Field(ge=1, description="knn: neighbours per pixel, among the pixels the loss sees")
+    threshold: float = Field(ge=0, lt=1, description="threshold: the affinity an edge must exceed")
+    features: Literal["tokens", "keys", "both"] = Field(
+        description="what the graph's affinity compares (the generator reads features.type); both: the mean of the "
+                    "tokens' and the keys' cosines")
+
+
 class ACSegConfig(Section):
     """ACSeg: the concept generator (docs/method.md step 2), its loss, its training and its concept classifier."""
 
@@ -132,6 +144,7 @@ class ACSegConfig(Section):
     loss: Literal["modularity", "soft_modularity", "no_degree", "distortion"]
     soft_temperature: float = Field(gt=0, description="soft_modularity only")
     centre: bool = Field(description="subtract the training split's mean feature before everything")
+    graph: GraphConfig
     train: TrainConfig
     classifier: ClassifierConfig
 
@@ -158,7 +171,9 @@ class KMeansConfig(Section):
 
 
 class StegoConfig(Section):
-    """STEGO trained on cached features (docs/protocol.md)."""
+    """STEGO trained on cached features (docs/protocol.md). The methods ``stego`` (cluster probe),
+    ``stego_kmeans`` (k-means on the trained codes) and ``stego_published`` (the published shifts) each read their
+    own section of this type (conf/config.yaml makes the two variants copies of ``stego``)."""
 
     code_dim: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1, description="whole feature channels, per image")
@@ -171,9 +186,24 @@ class StegoConfig(Section):
     w_self: float
     w_knn: float
     w_rand: float
-    shift_self: float
+    shift_self: float = Field(description="used when shifts is published or manual")
     shift_knn: float
     shift_rand: float
+    shifts: Literal["calibrated", "published", "manual"] = Field(
+        description="calibrated: each term's shift is the quantile of the training split's feature correlations "
+                    "that makes repel_<term> of its sampled pairs repel (the default wherever no recipe for the "
+                    "backbone and dataset was published); published/manual: shift_self/knn/rand as given")
+    repel_self: float = Field(gt=0, lt=1, description="calibrated: the fraction of self pairs that repel")
+    repel_knn: float = Field(gt=0, lt=1, description="calibrated: the fraction of k-NN pairs that repel")
+    repel_rand: float = Field(gt=0, lt=1, description="calibrated: the fraction of random-image pairs that repel")
+    calibration_batches: int = Field(ge=1, description="calibrated: sampled batches the correlations are drawn from")
+    sampling: Literal["patches", "continuous"] = Field(
+        description="points at patch centres, or at continuous coordinates read bilinearly (STEGO's own)")
+    correlation_dropout: bool = Field(description="F from the features after the head's dropout (STEGO's own code)")
+    probe_reseed_every: int = Field(ge=0, description="steps between re-seeding probe centroids that won no point "
+                                                       "(0: never)")
+    kmeans_n_init: int = Field(ge=1, description="the k-means readout of the codes: restarts, lowest inertia wins")
+    kmeans_iters: int = Field(ge=1)
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=2, description="the random-image term needs at least 2 images a batch")
     lr: float = Field(gt=0, description="head")
@@ -236,6 +266,7 @@ class BenchmarkConfig(Section):
 
     datasets: list[str] = Field(min_length=1)
     methods: list[str] = Field(min_length=1)
+    crf_methods: list[str] = Field(description="the methods also evaluated with the dense CRF (a subset of methods)")
     seeds: list[int] = Field(min_length=1)
     splits: list[str] = Field(min_length=1, description="the splits whose features the matrix extracts")
 
@@ -275,6 +306,8 @@ class Config(Section):
     acseg: ACSegConfig
     kmeans: KMeansConfig
     stego: StegoConfig
+    stego_kmeans: StegoConfig
+    stego_published: StegoConfig
     crf: CRFConfig
     run: RunConfig
     ablations: AblationConfig
@@ -297,6 +330,9 @@ class Config(Section):
         unknown = [m for m in self.benchmark.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"benchmark.methods: unknown method {unknown[0]!r}; known: {sorted(METHODS)}")
+        outside = [m for m in self.benchmark.crf_methods if m not in self.benchmark.methods]
+        if outside:
+            raise ValueError(f"benchmark.crf_methods: {outside[0]!r} is not one of benchmark.methods")
         for over in ("acseg.classifier.overcluster_k", "kmeans.overcluster_k"):
             n, k = DATASETS[self.data.dataset].n_classes, _get(self, over)
             if k and k <= n:

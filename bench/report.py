@@ -77,6 +77,26 @@ def main_table(results: pd.DataFrame, floor: str = "kmeans") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STEGO_COLUMNS = {"shift_self": "shift self", "shift_knn": "shift k-NN", "shift_rand": "shift random",
+                 "attract_fraction_self": "attract self", "attract_fraction_knn": "attract k-NN",
+                 "attract_fraction_rand": "attract random", "feature_correlation_self": "mean F self",
+                 "feature_correlation_knn": "mean F k-NN", "feature_correlation_rand": "mean F random",
+                 "clusters_used": "clusters used (val)"}
+
+
+def stego_table(results: pd.DataFrame) -> pd.DataFrame | None:
+    """One dataset's STEGO runs (no CRF), means over seeds: each term's shift, the fraction of sampled training
+    pairs that attract (F above the shift) and their mean F, and how many clusters the readout uses on val."""
+    d = results[results.method.astype(str).str.startswith("stego") & ~results.crf.astype(bool)]
+    columns = [c for c in STEGO_COLUMNS if c in d]
+    if d.empty or not columns:
+        return None
+    table = d.groupby("method")[columns].mean().round(3).rename(columns=STEGO_COLUMNS)
+    table.insert(0, "mIoU (%)", [mean_std(d[d.method == m].miou) for m in table.index])
+    table.index = [method_title(m) for m in table.index]
+    return table.reset_index(names="method")
+
+
 def axis_tables(ablations: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One table per sweep: each value's mean +- std, CI, and its difference from the default point (the sweep's
     reference row) with Welch's p-value; * marks p < 0.05."""
@@ -237,6 +257,11 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
                                   inputs.examples_seed, inputs.ignore_index.get(dataset, 255), title)
         if grid:
             lines += [f"![qualitative comparison, {title}](figures/{grid.name})", ""]
+        stego = stego_table(d)
+        if stego is not None:
+            lines += [f"STEGO on {title}: its shifts, and per term the fraction of sampled training pairs that attract "
+                      "(their feature correlation F above the shift) and their mean F (means over seeds; the "
+                      "calibrated shifts make a fixed fraction repel, README \"STEGO's shifts\").", "", _md(stego), ""]
         concepts = figure_concepts(inputs.concepts.get(dataset), figures / f"concepts_per_image_{dataset}.png", title)
         if concepts:
             lines += [f"![concepts per image, {title}](figures/{concepts.name})", ""]

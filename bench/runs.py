@@ -258,17 +258,19 @@ def tracking_label(cfg: Config) -> str:
 
 
 def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
-    """ACSeg's learned concepts vs per-image k-means on the evaluation split (see bench/diagnose.py)."""
+    """ACSeg's learned concepts beside per-image k-means and the ground truth, and its classifier's ceiling, on the
+    evaluation split (bench/diagnose.py; labels diagnose only)."""
     from bench.data import SegmentationSplit
     from bench.diagnose import diagnose
 
     spec = dataset_spec(cfg)
     device = resolve_device(cfg.run.device)
-    split = cfg.data.eval_split
-    model, _ = load_fitted(cfg, "acseg", seed, device)
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
-    report = diagnose(model, load_features(cfg, split), spec, SegmentationSplit(spec, root, split).read_label, device,
-                      seed=seed, progress=progress)
+    model, _ = load_fitted(cfg, "acseg", seed, device)
+    split, cluster = cfg.data.eval_split, cfg.data.cluster_split
+    report = diagnose(cfg, model, load_features(cfg, split), spec, SegmentationSplit(spec, root, split).read_label,
+                      device, seed=seed, progress=progress,
+                      cluster=(load_features(cfg, cluster), SegmentationSplit(spec, root, cluster).read_label))
     report.update(split=split, seed=seed)
     write_json_atomic(run_dir(cfg, "acseg", seed) / "diagnostics.json", report)
     return report
@@ -278,6 +280,11 @@ def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
 
 RESULT_COLUMNS = ["dataset", "split", "method", "backbone", "weights", "resolution", "feature_type",
                   "cluster_split", "crf", "seed", "miou", "acc", "config_hash"]
+# From a run's train_summary.json: training speed and loss, and STEGO's diagnostics (per term, the fraction of
+# sampled pairs that attract and their mean feature correlation; the clusters each readout uses).
+TRAINING_COLUMNS = ("steps_per_second", "final_loss", "torch_threads", "shifts_mode",
+                    *(f"{what}_{t}" for what in ("attract_fraction", "feature_correlation") for t in ("self", "knn", "rand")),
+                    "probe_clusters_used", "kmeans_clusters_used", "probe_centroids_reseeded")
 # The over-clustering metric (K' > classes, majority matching) has its own columns, never the main mIoU's.
 OVERCLUSTER_COLUMNS = ("overcluster_k", "miou_overcluster", "acc_overcluster")
 
@@ -297,18 +304,20 @@ def collect_results(cfg: Config) -> Path:
         trained = base / row["dataset"] / row["method"] / path.parent.name / "train_summary.json"
         if trained.is_file():
             summary = json.loads(trained.read_text())
-            row.update({k: v for k, v in summary.items() if k in ("steps_per_second", "final_loss", "torch_threads")})
+            row.update({k: v for k, v in summary.items() if k in TRAINING_COLUMNS})
+            row.update({f"shift_{t}": v for t, v in (summary.get("shifts") or {}).items()})  # STEGO's shifts
         row.update({f"iou_{c}": v for c, v in row.get("per_class_iou", {}).items()})  # the report's heatmap
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
     per_class = list(dict.fromkeys(c for row in rows for c in row if c.startswith("iou_")))
-    extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", "steps_per_second", "final_loss",
-                         "torch_threads") + OVERCLUSTER_COLUMNS
+    extra = [c for c in ("run", "clusters_used", "concepts_per_image_mean", *TRAINING_COLUMNS, "shift_self",
+                         "shift_knn", "shift_rand", *OVERCLUSTER_COLUMNS)
              if c in pd.DataFrame(rows)] + per_class
     df = pd.DataFrame(rows)[RESULT_COLUMNS + extra].sort_values(["dataset", "split", "method", "crf", "seed", "run"])
     df = df.round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2, "steps_per_second": 2, "final_loss": 4,
-                   "miou_overcluster": 2, "acc_overcluster": 2, **{c: 2 for c in per_class}})
+                   "miou_overcluster": 2, "acc_overcluster": 2, **{c: 2 for c in per_class},
+                   **{c: 4 for c in df.columns if c.startswith(("attract_", "feature_correlation_", "shift_"))}})
     if "torch_threads" in df:
         df["torch_threads"] = df["torch_threads"].astype("Int64")  # integers, blank for methods without training
     out = Path(cfg.run.results_csv)
@@ -356,8 +365,10 @@ def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Pa
                 if ablation_table is not None else "")]
     if "stego" in set(results.method):
         notes.append(f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
-                     f"{st.w_self}/{st.w_knn}/{st.w_rand}, shifts {st.shift_self}/{st.shift_knn}/{st.shift_rand} "
-                     f"(`stego` in the params), last step kept; no setting of it was chosen with labels")
+                     f"{st.w_self}/{st.w_knn}/{st.w_rand}; `stego` and `stego_kmeans` (one training, two readouts) with "
+                     f"shifts {st.shifts} (repel fractions {st.repel_self}/{st.repel_knn}/{st.repel_rand} of the "
+                     f"sampled pairs), `stego_published` with the published shifts {st.shift_self}/{st.shift_knn}/"
+                     f"{st.shift_rand}; last step kept; no setting of it was chosen with labels")
     inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
                           git_commit=tracking.git_commit(), notes=notes, examples=examples, examples_seed=seed,
                           ignore_index=ignore)

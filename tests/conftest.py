@@ -26,8 +26,9 @@ PARAMS = ROOT / "params.yaml"
 TINY = {
     "acseg.depth": 1, "acseg.width": 32, "acseg.heads": 2, "acseg.mlp_width": 64,
     "acseg.train.steps": 5, "acseg.train.batch_size": 2, "acseg.train.warmup_steps": 1, "acseg.train.log_every": 1,
-    "stego.steps": 5, "stego.batch_size": 2, "stego.knn": 2, "stego.knn_draw": 2, "stego.feature_samples": 3,
-    "stego.neg_samples": 1, "stego.log_every": 1,
+    **{f"{method}.{key}": value for method in ("stego", "stego_kmeans", "stego_published")  # one STEGO training
+       for key, value in {"steps": 5, "batch_size": 2, "knn": 2, "knn_draw": 2, "feature_samples": 3,
+                          "neg_samples": 1, "log_every": 1, "calibration_batches": 2}.items()},
     "ablations.sweeps": {"loss": {"loss": ["soft_modularity"]}, "feature": {"feature": ["keys"]}},
     "ablations.train_steps": 5, "ablations.jobs": 1,
 }

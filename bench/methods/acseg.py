@@ -9,12 +9,14 @@ import math
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from acseg.assignment import cosine_assignment, hard_assignment
 from acseg.classifier import background_concepts, fit_concept_classifier
 from acseg.concept_generator import ConceptGenerator
-from acseg.losses import concept_loss
+from acseg.features import centred_pixels
+from acseg.losses import Graph, concept_loss
 from acseg.model import ACSeg
 from bench.config import Config
 from bench.features import CachedFeatures, load_features
@@ -44,12 +46,44 @@ def _loss_kwargs(cfg: Config) -> dict:
     return {"temperature": cfg.acseg.soft_temperature} if cfg.acseg.loss == "soft_modularity" else {}
 
 
+class GraphFeatures:
+    """What the loss's graph compares for a batch of images (acseg.graph.features): the generator's own pixels, the
+    other feature type's (from its cache entry, centred like the generator's), or both (L2-normalised and
+    concatenated, so the cosine is the mean of the two cosines)."""
+
+    def __init__(self, cfg: Config, train: CachedFeatures, split: str):
+        from bench.config import with_overrides
+
+        wanted = cfg.acseg.graph.features
+        self.own = wanted in (cfg.features.type, "both")
+        other = {"tokens": "keys", "keys": "tokens"}[cfg.features.type]
+        self.other = None
+        if wanted in (other, "both"):
+            self.other = load_features(with_overrides(cfg, {"features.type": other}), split)
+            if self.other.names != train.names:
+                raise ValueError(f"the {other} and {cfg.features.type} cache entries of {split} list other images")
+            self.other_mean = feature_mean(self.other, cfg.acseg.centre)
+
+    def __call__(self, x: torch.Tensor, images: list[int], idx: torch.Tensor | None) -> torch.Tensor:
+        """x: the generator's pixels [b, P, d] (already sampled by ``idx`` [b, P] when not None)."""
+        if self.other is None:
+            return x
+        y = centred_pixels(self.other.take(images).features, self.other_mean).to(x.device)
+        if idx is not None:
+            y = torch.gather(y, 1, idx[..., None].expand(-1, -1, y.shape[-1]))
+        if not self.own:
+            return y
+        return torch.cat([F.normalize(x, dim=-1), F.normalize(y, dim=-1)], -1)
+
+
 def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, device: torch.device,
                     progress: bool = True) -> tuple[ACSeg, History]:
     """The concept generator's training: batches of images, the loss on (a sample of) their pixels, AdamW."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     check_finite(train)
+    g = cfg.acseg.graph
+    graph, graph_features = Graph(g.kind, g.k, g.threshold), GraphFeatures(cfg, train, cfg.data.train_split)
     model = build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.acseg.train
@@ -65,12 +99,14 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
             x = model.prepare(images.features.to(device))
             similarity = cosine_assignment(x, model.generator(x))
             b, n_pix, d = x.shape
+            idx = None
             if 0 < t.pixel_samples < n_pix:  # the loss on a random subset of pixels: O(P^2) instead of O(n^2)
                 idx = torch.rand(b, n_pix, generator=generator).argsort(-1)[:, : t.pixel_samples].to(device)
                 x = torch.gather(x, 1, idx[..., None].expand(-1, -1, d))
                 similarity = torch.gather(similarity, 1, idx[..., None].expand(-1, -1, similarity.shape[-1]))
             share = len(images.positions) / t.batch_size  # the batch mean over images of every grid
-            loss = loss + concept_loss(cfg.acseg.loss, x, similarity, **_loss_kwargs(cfg)) * share
+            on_graph = graph_features(x, [int(batch[p]) for p in images.positions], idx)
+            loss = loss + concept_loss(cfg.acseg.loss, on_graph, similarity, graph, **_loss_kwargs(cfg)) * share
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at step {step} (lr {lr_at(step, cfg):.2e}); "
                                    "lower acseg.train.lr or raise acseg.train.warmup_steps")

@@ -109,3 +109,37 @@ def test_batched_equals_per_image():
     w, m = modularity_matrix(affinity(torch.cat([x1, x2])))
     q = modularity(concept_intensity(torch.cat([s1, s2])), w, m)
     assert torch.allclose(q[0], -modularity_loss(x1, s1)) and torch.allclose(q[1], -modularity_loss(x2, s2))
+
+
+def test_the_knn_graph_of_two_separated_clusters_has_no_edge_across_them():
+    from acseg.losses import Graph
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor([1.0, 0.0, 0.0]) + 0.1 * torch.randn(15, 3, generator=g),
+                   torch.tensor([0.0, 1.0, 0.0]) + 0.1 * torch.randn(15, 3, generator=g)])[None]
+    a = Graph("knn", k=5)(x)[0]
+    assert (a[:15, 15:] == 0).all() and (a[15:, :15] == 0).all()
+    assert torch.equal(a, a.T) and ((a > 0).sum(1) >= 6).all()  # each keeps itself and at least its 5 neighbours
+    dense = Graph()(x)[0]
+    assert (dense[:15, 15:] > 0).any()  # the dense graph links them (noise gives positive cosines)
+
+
+def test_on_a_planted_partition_the_sparsified_graph_prefers_the_true_partition_to_a_coarser_one():
+    """Four blocks in two loose pairs: the dense graph's modularity rates the coarse 2-way split above the true 4-way
+    partition (its optimum is coarse); the k-NN graph rates the true partition higher."""
+    from acseg.losses import Graph
+
+    g = torch.Generator().manual_seed(0)
+    pair_a, pair_b = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    centres = torch.stack([pair_a + 0.35 * torch.tensor([0, 0, 1.0, 0]), pair_a + 0.35 * torch.tensor([0, 0, 0, 1.0]),
+                           pair_b + 0.35 * torch.tensor([0, 0, 1.0, 0]), pair_b + 0.35 * torch.tensor([0, 0, 0, 1.0])])
+    labels = torch.arange(4).repeat_interleave(20)
+    x = (centres[labels] + 0.05 * torch.randn(80, 4, generator=g))[None]
+    true, coarse = one_hot_assignment(labels, 4), one_hot_assignment(labels // 2, 4)
+
+    def q(graph, assignment):
+        return -modularity_loss(x, assignment, graph).item()
+
+    assert q(Graph(), coarse) > q(Graph(), true)
+    knn = Graph("knn", k=10)
+    assert q(knn, true) > q(knn, coarse)

@@ -102,3 +102,41 @@ def test_cluster_probe_learns_separated_clusters():
     # each true cluster maps to one probe cluster, and different clusters to different ones
     mapping = {int(group[pred == k].mode().values) for k in pred.unique()}
     assert len(pred.unique()) == 3 and mapping == {0, 1, 2}
+
+
+def test_calibrated_shifts_make_the_stated_fraction_of_pairs_repel():
+    """On correlations of a known distribution (uniform on [-1, 1]), each term's shift is the quantile that makes
+    exactly its stated fraction of pairs repel (F below the shift)."""
+    from acseg.stego import calibrated_shifts
+
+    g = torch.Generator().manual_seed(0)
+    values = {t: torch.rand(100_000, generator=g) * 2 - 1 for t in ("self", "knn", "rand")}
+    repel = {"self": 0.7, "knn": 0.5, "rand": 0.9}
+    shifts = calibrated_shifts(values, repel)
+    for term, fraction in repel.items():
+        assert abs(shifts[term] - (2 * fraction - 1)) < 0.02  # the uniform's quantile
+        assert abs((values[term] < shifts[term]).float().mean().item() - fraction) < 1e-3
+
+
+def test_a_dead_probe_centroid_is_reseeded_and_wins_again():
+    from acseg.stego import ClusterProbe
+
+    probe = ClusterProbe(code_dim=4, n_clusters=3)
+    codes = torch.cat([F.one_hot(torch.tensor([0] * 50 + [1] * 50), 4).float(),
+                       torch.tensor([[0.0, 0.0, 1.0, 0.0]]).expand(40, 4)])  # three groups of codes
+    with torch.no_grad():
+        probe.centroids.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, -1.0, 0]]))  # the third: opposite
+    dead = probe.wins(codes) == 0  # the third group of codes goes to the first centroid (a tie at cos 0)
+    assert dead.tolist() == [False, False, True]
+    assert probe.reseed(codes, dead) == 1
+    assert probe.wins(codes)[2] > 0  # it now stands on a code and wins points again
+
+
+def test_bilinear_points_read_patch_centres_exactly():
+    from acseg.stego import bilinear_points
+
+    maps = torch.arange(2 * 3 * 4 * 5, dtype=torch.float).reshape(2, 3, 4, 5)  # [B, d, h, w]
+    # the centre of patch (row 1, col 3) of a 4 x 5 grid in grid_sample's coordinates (align_corners=False)
+    x, y = (3 + 0.5) / 5 * 2 - 1, (1 + 0.5) / 4 * 2 - 1
+    out = bilinear_points(maps, torch.tensor([[[x, y]], [[x, y]]]))
+    assert torch.allclose(out[:, 0], maps[:, :, 1, 3])

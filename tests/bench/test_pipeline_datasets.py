@@ -25,7 +25,7 @@ TINY = """# @package _global_
 # The tests' few-second settings over any experiment (a random ViT-S/8 at 48x48, one seed, tiny models).
 backbone: {weights: random, weights_sha256: null, weights_label: random ViT-S/8 (test)}
 features: {height: 48, width: 48, batch_size: 4}
-benchmark: {seeds: [0]}
+benchmark: {seeds: [0], methods: [acseg, kmeans, stego]}
 acseg:
   prototypes: 12
   depth: 1
@@ -35,7 +35,8 @@ acseg:
   train: {steps: 5, batch_size: 2, warmup_steps: 1, log_every: 1, pixel_samples: 0}
   classifier: {n_init: 1}
 kmeans: {n_init: 1}
-stego: {steps: 5, batch_size: 2, knn: 2, knn_draw: 2, feature_samples: 3, neg_samples: 1, log_every: 1}
+stego: {steps: 5, batch_size: 2, knn: 2, knn_draw: 2, feature_samples: 3, neg_samples: 1, log_every: 1,
+        calibration_batches: 2}
 ablations: {train_steps: 5, jobs: 1, sweeps: {prototypes: {prototypes: [3]}}}
 run: {device: cpu}
 """
