@@ -88,12 +88,14 @@ def fit_concept_classifier(
     iters: int = 100,
     n_init: int = 1,
     weights: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> KMeansResult:
     """k-means over the region embeddings [M, d] of a split (only regions that exist) into K classes.
 
     ``weights`` (e.g. region sizes) make large regions count more than slivers.
     """
-    return kmeans(embeddings, n_classes, seed=seed, iters=iters, cosine=cosine, n_init=n_init, weights=weights)
+    return kmeans(embeddings, n_classes, seed=seed, iters=iters, cosine=cosine, n_init=n_init, weights=weights,
+                  dtype=dtype)
 
 
 def classify_concepts(embeddings: torch.Tensor, centroids: torch.Tensor, cosine: bool = True) -> torch.Tensor:

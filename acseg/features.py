@@ -72,7 +72,8 @@ def _patch_size(vit: nn.Module) -> int:
 
 
 def centred_pixels(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Cached patch features [B, h, w, d] -> pixels [B, n, d] in float, minus the dataset's mean feature (zeros
-    when a method does not centre). Every method prepares its input with this one function."""
+    """Cached patch features [B, h, w, d] -> pixels [B, n, d] in the mean's precision (float32, or float64 where a
+    model trains in it), minus the dataset's mean feature (zeros when a method does not centre). Every method
+    prepares its input with this one function."""
     b, h, w, d = features.shape
-    return features.reshape(b, h * w, d).float() - mean
+    return features.reshape(b, h * w, d).to(mean.dtype) - mean

@@ -76,18 +76,20 @@ def kmeans(
     chunk: int = 65536,
     n_init: int = 1,
     weights: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> KMeansResult:
     """Cluster x [N, d] into k clusters, optionally with per-point weights [N].
 
     ``n_init`` restarts from different k-means++ draws keep the one with the lowest inertia (a label-free
-    choice). Deterministic for a given seed.
+    choice). Deterministic for a given seed. ``dtype``: the precision of the computation (float64 makes the
+    result independent of how the thread count orders float sums, at a small set's cost).
     """
     if k < 1 or k > x.shape[0]:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
-    x = x.float()
+    x = x.to(dtype)
     if cosine:
         x = F.normalize(x, dim=-1)
-    w = torch.ones(x.shape[0]) if weights is None else weights.float()
+    w = torch.ones(x.shape[0], dtype=dtype) if weights is None else weights.to(dtype)
     weighted = x if weights is None else x * w[:, None]  # once, not per iteration (it is a large tensor)
     generator = torch.Generator().manual_seed(seed)
     best, inertias = None, []

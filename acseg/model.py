@@ -37,11 +37,13 @@ class ACSeg(nn.Module):
     """
 
     def __init__(self, generator: ConceptGenerator, feature_mean: torch.Tensor, n_classes: int, cosine: bool = True,
-                 raw_regions: bool = False, background: bool = False):
+                 raw_regions: bool = False, background: bool = False, region_dim: int | None = None):
         super().__init__()
         self.generator = generator
         self.register_buffer("feature_mean", feature_mean.float())
-        self.register_buffer("class_centroids", torch.zeros(n_classes - int(background), feature_mean.shape[-1]))
+        # region_dim: the classifier's embedding width when it reads other embeddings than the region means
+        self.register_buffer("class_centroids", torch.zeros(n_classes - int(background),
+                                                            region_dim or feature_mean.shape[-1]))
         self.cosine = cosine
         self.raw_regions = raw_regions  # region means of the raw features instead of the centred ones
         self.background = background

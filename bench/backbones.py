@@ -121,7 +121,11 @@ def load_backbone(cfg: BackboneConfig) -> tuple[torch.nn.Module, str]:
             digest.update(v.detach().cpu().numpy().tobytes())
         return vit, "random-" + digest.hexdigest()
     path = resolve_weights_file(cfg)
-    vit = create_vit(cfg.name)
+    # Built on the meta device: timm's random initialisation (most of the load's time) would be overwritten by the
+    # file anyway. The file's tensors are taken as they are (assign), cast to the parameters' dtypes first, as
+    # load_state_dict's copy would: the same model bit for bit (tests/bench/test_backbones.py).
+    with torch.device("meta"):
+        vit = create_vit(cfg.name)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -129,8 +133,13 @@ def load_backbone(cfg: BackboneConfig) -> tuple[torch.nn.Module, str]:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state.get("state_dict", state))
+    expected = vit.state_dict()
     try:
-        vit.load_state_dict(state, strict=True)
+        vit.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()},
+                            strict=True, assign=True)
     except RuntimeError as e:
         raise WeightsError(f"weights {path} do not fit {cfg.name}: {str(e).splitlines()[0]}") from e
+    if any(t.is_meta for t in [*vit.parameters(), *vit.buffers()]):  # tensors no file gives (non-persistent
+        vit = create_vit(cfg.name)                                         # buffers): built for real then
+        vit.load_state_dict(state, strict=True)
     return vit, sha256_file(path)

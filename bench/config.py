@@ -102,6 +102,10 @@ class TrainConfig(Section):
     grad_clip: float = Field(ge=0, description="0: off")
     pixel_samples: int = Field(ge=0, description="pixels per image inside the loss (0: all)")
     log_every: int = Field(ge=1)
+    precision: Literal["float32", "float64"] = Field(
+        description="the generator trains (and the classifier's k-means runs) in this precision; float64 keeps "
+                    "float-rounding differences (another thread count, another processor) from growing into "
+                    "other concepts")
 
 
 class ClassifierConfig(Section):
@@ -117,6 +121,9 @@ class ClassifierConfig(Section):
     overcluster_k: int = Field(ge=0, description=">0: also fit K' > classes, the separate over-clustering metric")
     regions: Literal["mean", "crops"] = Field(
         description="what represents a concept: its region's mean feature, or its box re-encoded by the backbone")
+    region_features: Literal["tokens", "keys", "both"] = Field(
+        description="mean: which cached features a region's mean is taken of (whatever the generator reads); both: "
+                    "the L2-normalised means of the tokens and of the keys, concatenated")
     crop_size: int = Field(ge=1, description="crops only: the backbone's square input, a multiple of its patch")
 
 
@@ -292,8 +299,92 @@ class AblationConfig(Section):
         return v
 
 
-# Sections that plan what runs (which datasets, which sweeps), never how one run computes.
-PLAN_SECTIONS = ("benchmark", "datasets", "ablations")
+class DSMConfig(Section):
+    """Deep Spectral Methods as a benchmark method: per-image spectral segments, then dataset-level k-means."""
+
+    eigenvectors: int = Field(ge=2, description="K eigenvectors of the Laplacian per image (the constant one included)")
+    segments: int = Field(ge=1, description="segments per image (the k of the k-means on the eigenvectors)")
+    adaptive: bool = Field(description="segments per image from the eigengap instead of `segments`")
+    normalised: bool = Field(description="the normalised Laplacian (L v = mu D v); false: L v = mu v")
+    colour_weight: float = Field(ge=0, description="lambda of the KNN-matting colour affinity; 0: features only")
+    colour_neighbours: list[int] = Field(min_length=1, description="k of each KNN colour affinity")
+    colour_distance_weights: list[float] = Field(min_length=1, description="weight of (x, y) in each KNN")
+    centre: bool = Field(description="subtract the cluster split's mean feature first (DSM: no)")
+    segment_n_init: int = Field(ge=1, description="restarts of the per-image k-means on the eigenvectors")
+    segment_iters: int = Field(ge=1)
+    background: Literal["none", "border"] = Field(
+        description="border: per image, the segment with most border patches is the background class")
+    regions: Literal["mean", "crops"] = Field(
+        description="what represents a segment: its mean feature, or its eroded/dilated box re-encoded ([CLS])")
+    erode: int = Field(ge=0, description="crops only: erosions of a segment's mask before its box")
+    dilate: int = Field(ge=0, description="crops only: dilations after the erosions")
+    crop_size: int = Field(ge=1, description="crops only: the backbone's square input, a multiple of its patch")
+    pca_dim: int = Field(ge=0, description="PCA dimension of the segment embeddings before k-means (0: none)")
+    n_clusters: int = Field(ge=0, description="K; 0: the dataset's number of classes")
+    n_init: int = Field(ge=1, description="dataset-level k-means restarts; the lowest inertia wins (no labels)")
+    iters: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DSMConfig:
+        if len(self.colour_neighbours) != len(self.colour_distance_weights):
+            raise ValueError("dsm.colour_neighbours and dsm.colour_distance_weights must have one entry each per KNN")
+        if self.adaptive and self.eigenvectors < 3:
+            raise ValueError("dsm.adaptive needs dsm.eigenvectors >= 3 (the eigengap skips the first gap)")
+        return self
+
+
+class GeneratorKMeansConfig(Section):
+    k: int = Field(ge=0, description="segments per image; 0: acseg.prototypes")
+    n_init: int = Field(ge=1)
+    iters: int = Field(ge=1)
+
+
+class GeneratorAdaptiveKMeansConfig(Section):
+    k_min: int = Field(ge=1)
+    k_max: int = Field(ge=0, description="0: acseg.prototypes")
+    criterion: Literal["modularity", "eigengap"] = Field(
+        description="the label-free choice of k per image: Newman's Q of the partition, or the Laplacian's eigengap")
+    n_init: int = Field(ge=1)
+    iters: int = Field(ge=1)
+
+
+class GeneratorSpectralConfig(Section):
+    segments: int = Field(ge=0, description="segments per image; 0: acseg.prototypes")
+    eigenvectors: int = Field(ge=0, description="eigenvectors of the Laplacian; 0: as many as segments")
+    normalised: bool
+    n_init: int = Field(ge=1)
+    iters: int = Field(ge=1)
+
+
+class GeneratorsConfig(Section):
+    """The concept-generator study: each generator's concepts through ACSeg's concept classifier and retrieval."""
+
+    names: list[str] = Field(min_length=1, description="registered generators (bench/generators.py); the first is "
+                                                       "the reference every other is compared with")
+    kmeans: GeneratorKMeansConfig
+    kmeans_adaptive: GeneratorAdaptiveKMeansConfig
+    spectral: GeneratorSpectralConfig
+    retrieval_k: list[int] = Field(min_length=1, description="the k of each top-k retrieval column")
+    batch_size: int = speed("images per concept-step call")
+    out_dir: str = Field(description="one CSV per dataset", json_schema_extra=LOCATION)
+
+    @field_validator("retrieval_k")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every retrieval k must be >= 1")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+# Sections that plan what runs (which datasets, which sweeps, which studies), never how one run computes.
+PLAN_SECTIONS = ("benchmark", "datasets", "ablations", "generators")
 
 
 class Config(Section):
@@ -308,9 +399,11 @@ class Config(Section):
     stego: StegoConfig
     stego_kmeans: StegoConfig
     stego_published: StegoConfig
+    dsm: DSMConfig
     crf: CRFConfig
     run: RunConfig
     ablations: AblationConfig
+    generators: GeneratorsConfig
 
     @model_validator(mode="after")
     def _names(self) -> Config:

@@ -369,7 +369,15 @@ def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Pa
                      f"shifts {st.shifts} (repel fractions {st.repel_self}/{st.repel_knn}/{st.repel_rand} of the "
                      f"sampled pairs), `stego_published` with the published shifts {st.shift_self}/{st.shift_knn}/"
                      f"{st.shift_rand}; last step kept; no setting of it was chosen with labels")
+    if "dsm" in set(results.method):
+        d = cfg.dsm
+        notes.append(f"Deep Spectral Methods: {d.eigenvectors} eigenvectors of the normalised Laplacian of max(0, cos) "
+                     f"per image, {d.segments} segments, then k-means of the segment means over the cluster split; "
+                     "where it differs from the published code: bench/methods/dsm.py")
+    from bench.generators import read_generator_results
+
+    generators = read_generator_results(cfg.generators.out_dir) if Path(cfg.generators.out_dir).is_dir() else None
     inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
                           git_commit=tracking.git_commit(), notes=notes, examples=examples, examples_seed=seed,
-                          ignore_index=ignore)
+                          ignore_index=ignore, generators=generators)
     return build_report(inputs, out)

@@ -26,11 +26,74 @@ from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiver
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: Config, feature_dim: int, n_classes: int, mean: torch.Tensor | None = None) -> ACSeg:
+PRECISION = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model(cfg: Config, feature_dim: int, n_classes: int, mean: torch.Tensor | None = None,
+                region_dim: int | None = None) -> ACSeg:
     a, c = cfg.acseg, cfg.acseg.classifier
     generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention)
     return ACSeg(generator, torch.zeros(feature_dim) if mean is None else mean, n_classes, cosine=c.cosine,
-                 raw_regions=c.raw_regions, background=c.background == "cls_attention")
+                 raw_regions=c.raw_regions, background=c.background == "cls_attention", region_dim=region_dim)
+
+
+class RegionFeatures:
+    """What the concept classifier sees of a concept when it reads other cached features than the generator
+    (acseg.classifier.region_features): the mean of those features over the concept's patches, raw or centred by
+    the training split's mean (acseg.classifier.raw_regions); with ``both``, the L2-normalised means of the tokens
+    and of the keys side by side. (model, features [B, h, w, d], names) -> [B, k, D]."""
+
+    def __init__(self, cfg: Config, split: str, means: dict[str, torch.Tensor], stream: bool):
+        from bench.config import with_overrides
+
+        wanted = cfg.acseg.classifier.region_features
+        self.types = ["tokens", "keys"] if wanted == "both" else [wanted]
+        self.sources = {t: load_features(with_overrides(cfg, {"features.type": t}), split, stream=stream)
+                        for t in self.types}
+        self.means = means
+        self.index = {name: i for i, name in enumerate(next(iter(self.sources.values())).names)}
+
+    @staticmethod
+    def split_means(cfg: Config) -> dict[str, torch.Tensor]:
+        """The training split's mean of each feature type the regions read (zeros for raw regions)."""
+        from bench.config import with_overrides
+
+        wanted = cfg.acseg.classifier.region_features
+        types = ["tokens", "keys"] if wanted == "both" else [wanted]
+        out = {}
+        for t in types:
+            train = load_features(with_overrides(cfg, {"features.type": t}), cfg.data.train_split)
+            out[t] = feature_mean(train, not cfg.acseg.classifier.raw_regions)
+        return out
+
+    @property
+    def dim(self) -> int:
+        return sum(f.dim for f in self.sources.values())
+
+    def __call__(self, model: ACSeg, features: torch.Tensor, names: list[str]) -> torch.Tensor:
+        from acseg.classifier import region_embeddings
+
+        _, s = model.assign(features)
+        assignment, k = hard_assignment(s), model.generator.n_prototypes
+        parts = []
+        for t in self.types:
+            other = self.sources[t].take([self.index[n] for n in names]).features.to(features.device)
+            parts.append(region_embeddings(centred_pixels(other, self.means[t].to(features.device)), assignment, k)[0])
+        return parts[0] if len(parts) == 1 else torch.cat([F.normalize(p, dim=-1) for p in parts], -1)
+
+
+def region_encoder(cfg: Config, split: str, device: torch.device, facts: dict | None = None, stream: bool = False):
+    """What the classifier reads of each concept when it is not the model's own region mean (None): re-encoded
+    crops, or the region means of other cached features."""
+    c = cfg.acseg.classifier
+    if c.regions == "crops":
+        from bench.crops import CropEncoder
+
+        return CropEncoder(cfg, split, device)
+    if c.region_features != cfg.features.type:
+        means = facts["region_means"] if facts and "region_means" in facts else RegionFeatures.split_means(cfg)
+        return RegionFeatures(cfg, split, means, stream)
+    return None
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -68,7 +131,7 @@ class GraphFeatures:
         """x: the generator's pixels [b, P, d] (already sampled by ``idx`` [b, P] when not None)."""
         if self.other is None:
             return x
-        y = centred_pixels(self.other.take(images).features, self.other_mean).to(x.device)
+        y = centred_pixels(self.other.take(images).features, self.other_mean.to(x.dtype)).to(x.device)
         if idx is not None:
             y = torch.gather(y, 1, idx[..., None].expand(-1, -1, y.shape[-1]))
         if not self.own:
@@ -84,9 +147,10 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
     check_finite(train)
     g = cfg.acseg.graph
     graph, graph_features = Graph(g.kind, g.k, g.threshold), GraphFeatures(cfg, train, cfg.data.train_split)
-    model = build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre)).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.acseg.train
+    model = build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre)).to(device)
+    model = model.to(PRECISION[t.precision])
+    params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel (one pass over all parameters) is 4-5x faster than the per-tensor loop on a CPU
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
     history = History()
@@ -117,7 +181,7 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
         opt.step()
         if step % t.log_every == 0 or step == t.steps - 1:
             history.log({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg)})
-    return model, history.stop()
+    return model.float(), history.stop()  # inference in float32 whatever the training's precision
 
 
 @torch.no_grad()
@@ -149,20 +213,26 @@ def classifier_centroids(cfg: Config, model: ACSeg, feats: CachedFeatures, n_cla
     """k-means over a split's concept regions into K classes (K-1 and background with the background split):
     (centroids, number of regions). The regions are what acseg.classifier.regions says: means or re-encoded crops."""
     c = cfg.acseg.classifier
-    crops = None
-    if c.regions == "crops":
-        from bench.crops import CropEncoder
-
-        crops = CropEncoder(cfg, feats.meta["split"], device)
+    crops = region_encoder(cfg, feats.meta["split"], device)
     regions, sizes = collect_regions(model, feats, device, background=model.background, crops=crops,
-                                     progress=progress and crops is not None)
+                                     progress=progress and c.regions == "crops")
     k = n_classes - int(model.background)
     if regions.shape[0] < k:
         raise TrainingDiverged(f"only {regions.shape[0]} concept regions over the cluster split, fewer than "
                                f"K={k} classes: the concepts collapsed")
     result = fit_concept_classifier(regions, k, seed=seed, cosine=c.cosine, iters=c.iters, n_init=c.n_init,
-                                    weights=sizes if c.weighted else None)
-    return result.centroids, regions.shape[0]
+                                    weights=sizes if c.weighted else None,
+                                    dtype=PRECISION[cfg.acseg.train.precision])
+    return result.centroids.float(), regions.shape[0]
+
+
+def _with_region_dim(cfg: Config, model: ACSeg, region_dim: int) -> ACSeg:
+    """The same trained model with a classifier of another embedding width."""
+    wider = build_model(cfg, model.feature_mean.shape[0], model.class_centroids.shape[0] + int(model.background),
+                        region_dim=region_dim)
+    state = {k: v for k, v in model.state_dict().items() if k != "class_centroids"}
+    wider.load_state_dict({**state, "class_centroids": wider.class_centroids}, strict=True)
+    return wider.to(model.feature_mean.device)
 
 
 class ACSegPredictor(Predictor):
@@ -201,8 +271,13 @@ class ACSegMethod(Method):
         k = self.n_clusters(cfg)
         model, history = train_generator(cfg, seed, train, k, device, progress)
         centroids, n_regions = classifier_centroids(cfg, model, cluster, k, seed, device, progress)
+        facts: dict[str, Any] = {"feature_dim": train.dim, "n_clusters": k, "weights_sha256": train.meta["weights_sha256"],
+                                 "region_dim": centroids.shape[1]}
+        if centroids.shape[1] != model.class_centroids.shape[1]:  # the classifier reads other embeddings
+            model = _with_region_dim(cfg, model, centroids.shape[1])
         model.class_centroids.copy_(centroids.to(device))
-        facts: dict[str, Any] = {"feature_dim": train.dim, "n_clusters": k, "weights_sha256": train.meta["weights_sha256"]}
+        if cfg.acseg.classifier.regions == "mean" and cfg.acseg.classifier.region_features != cfg.features.type:
+            facts["region_means"] = RegionFeatures.split_means(cfg)
         if self.overcluster_k(cfg):  # a second classifier with K' > classes, for the over-clustering metric
             facts["overcluster_centroids"], _ = classifier_centroids(cfg, model, cluster, self.overcluster_k(cfg),
                                                                      seed, device)
@@ -210,17 +285,10 @@ class ACSegMethod(Method):
                       f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
 
     def build(self, cfg: Config, facts: dict[str, Any]) -> ACSeg:
-        return build_model(cfg, facts["feature_dim"], facts["n_clusters"])
-
-    def _crops(self, cfg: Config, device: torch.device, split: str):
-        if cfg.acseg.classifier.regions != "crops":
-            return None
-        from bench.crops import CropEncoder
-
-        return CropEncoder(cfg, split, device)
+        return build_model(cfg, facts["feature_dim"], facts["n_clusters"], region_dim=facts.get("region_dim"))
 
     def predictor(self, cfg, model, facts, device, split) -> Predictor:
-        return ACSegPredictor(model, self._crops(cfg, device, split))
+        return ACSegPredictor(model, region_encoder(cfg, split, device, facts, stream=True))
 
     def overcluster_predictor(self, cfg, model, facts, device, split) -> Predictor:
         k = self.overcluster_k(cfg)
@@ -228,9 +296,9 @@ class ACSegMethod(Method):
         if centroids is None or centroids.shape[0] != k - int(model.background):
             raise FileNotFoundError(f"the model has no over-clustering classifier with K'={k}: train it again with "
                                     f"acseg.classifier.overcluster_k={k}")
-        over = build_model(cfg, facts["feature_dim"], k)
+        over = build_model(cfg, facts["feature_dim"], k, region_dim=facts.get("region_dim"))
         over.load_state_dict({**model.state_dict(), "class_centroids": centroids})
-        return ACSegPredictor(over.to(device).eval(), self._crops(cfg, device, split))
+        return ACSegPredictor(over.to(device).eval(), region_encoder(cfg, split, device, facts, stream=True))
 
 
 register_method(ACSegMethod())

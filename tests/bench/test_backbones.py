@@ -55,3 +55,26 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(WeightsError, match="could not download the weights of .* Offline: .*ACSEG_WEIGHTS_DIR"):
         resolve_weights_file(backbone(weights="hub", weights_sha256=None))
+
+
+@requires_shared
+def test_the_backbone_built_on_the_meta_device_is_the_one_built_for_real():
+    from safetensors.torch import load_file
+
+    from bench.backbones import create_vit, load_backbone, resolve_weights_file
+
+    _, weights_dir = shared_paths()
+    cfg = make_config(**{"backbone.weights": WEIGHTS_FILE, "backbone.weights_sha256": WEIGHTS_SHA256,
+                         "backbone.weights_dir": str(weights_dir)})
+    vit, checksum = load_backbone(cfg.backbone)
+    reference = create_vit(cfg.backbone.name)  # the old way: random init, then the file copied in
+    reference.load_state_dict(load_file(str(resolve_weights_file(cfg.backbone))), strict=True)
+    assert checksum == WEIGHTS_SHA256
+    mine, theirs = vit.state_dict(), reference.state_dict()
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        assert mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]), k
+    assert not any(t.is_meta for t in [*vit.parameters(), *vit.buffers()])
+    images = torch.rand(2, 3, 56, 70, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(vit.eval().forward_features(images), reference.eval().forward_features(images))

@@ -14,7 +14,7 @@ def compose(*overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)))
+        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=list(overrides)), resolve=True)
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -99,7 +99,7 @@ def test_invalid_parameter_names_it_and_says_why(override, match):
 
 
 def test_unknown_method_or_dataset_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown method 'dino'; known: \['acseg', 'kmeans', 'stego'"):
+    with pytest.raises(ConfigError, match=r"unknown method 'dino'; known: \['acseg', 'dsm', 'kmeans', 'stego'"):
         load_config(PARAMS, overrides=["benchmark.methods=[acseg, dino]"], environment={})
     with pytest.raises(ConfigError, match=r"unknown dataset 'imagenet'; known: \[.*'camvid'"):
         load_config(PARAMS, dataset="imagenet", environment={})

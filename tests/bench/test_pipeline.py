@@ -173,4 +173,4 @@ def test_stego_needs_a_trained_model_for_crf_and_enough_images_for_knn(workdir):
     result = runner.invoke(app, ["train", "--method", "stego", "--set", "stego.knn=30", "--set", "stego.knn_draw=7"])
     assert result.exit_code == 2 and "k=30 neighbours need more than 30 images" in result.output
     result = runner.invoke(app, ["evaluate", "--method", "nope"])
-    assert result.exit_code == 2 and "unknown method 'nope'; known: ['acseg', 'kmeans', 'stego'" in result.output
+    assert result.exit_code == 2 and "unknown method 'nope'; known: ['acseg', 'dsm', 'kmeans', 'stego'" in result.output

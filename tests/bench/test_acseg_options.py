@@ -1,0 +1,47 @@
+"""ACSeg's investigated options run end to end on the synthetic dataset with a random ViT (both feature types
+cached by one extraction): the loss's graph (k-NN, thresholded; on keys or both) and the classifier reading other
+features than the generator (keys, both)."""
+
+import pytest
+
+from tests.conftest import make_config
+
+
+@pytest.fixture
+def cached(tmp_path, synthetic_dataset, monkeypatch):
+    from bench.runs import run_features
+
+    monkeypatch.setattr("bench.tracking.log_run", lambda *a, **k: None)
+    spec, root = synthetic_dataset
+    base = {"data.local_copy": str(root), "backbone.name": "vit_small_patch8_224.dino", "backbone.weights": "random",
+            "backbone.weights_sha256": None, "features.height": 32, "features.width": 40,
+            "features.cache_dir": str(tmp_path / "cache"), "run.runs_dir": str(tmp_path / "runs"),
+            "acseg.prototypes": 3, "acseg.classifier.n_classes": 3, "acseg.classifier.n_init": 1,
+            "acseg.train.pixel_samples": 12, "acseg.graph.k": 3}
+    cfg = make_config("synthetic", **base)
+    for split in ("train", "val"):
+        run_features(cfg, split, progress=False)
+    return base
+
+
+@pytest.mark.parametrize("options", [
+    {"acseg.graph.kind": "knn", "acseg.graph.features": "keys"},
+    {"acseg.graph.kind": "threshold", "acseg.graph.features": "both"},
+    {"acseg.classifier.region_features": "keys", "acseg.classifier.raw_regions": False},
+    {"acseg.classifier.region_features": "both", "acseg.classifier.overcluster_k": 12, "acseg.prototypes": 5},
+    {"features.type": "keys", "acseg.graph.features": "tokens", "acseg.classifier.region_features": "tokens"},
+])
+def test_an_option_trains_and_evaluates(cached, options):
+    import torch
+
+    from bench.runs import load_fitted, run_evaluate, run_train
+
+    cfg = make_config("synthetic", **{**cached, **options})
+    run_train(cfg, "acseg", 0, progress=False)
+    metrics = run_evaluate(cfg, "acseg", 0, progress=False)
+    assert 0 <= metrics["miou"] <= 100
+    model, facts = load_fitted(cfg, "acseg", 0, torch.device("cpu"))
+    wanted = cfg.acseg.classifier.region_features
+    assert model.class_centroids.shape[1] == (2 * 384 if wanted == "both" else 384) == facts["region_dim"]
+    if wanted != cfg.features.type:
+        assert set(facts["region_means"]) == ({"tokens", "keys"} if wanted == "both" else {wanted})
