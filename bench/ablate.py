@@ -12,6 +12,7 @@ An axis is one entry of :data:`AXES` (its name is the CLI option ``--<name>`` an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import cluster
+from bench.cluster import Executor
 from bench.config import Config, ConfigError, with_overrides
 from bench.data import atomic_path
 
@@ -218,18 +221,28 @@ ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "conc
 def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
     """Train and evaluate ACSeg at one point and seed (features extracted once if missing); reuse earlier
     metrics of exactly this config."""
-    from bench.runs import run_dir, run_evaluate, run_features, run_train
+    from bench.runs import run_evaluate, run_features, run_train
 
-    metrics_path = run_dir(cfg, "acseg", seed) / "metrics.json"
+    metrics = finished(cfg, "acseg", seed)
+    if metrics is not None:
+        return metrics
+    for split in _splits(cfg):
+        run_features(cfg, split, progress=progress)
+    run_train(cfg, "acseg", seed, progress=progress)
+    return run_evaluate(cfg, "acseg", seed, progress=progress)
+
+
+def finished(cfg: Config, method: str, seed: int) -> dict | None:
+    """The metrics of a run evaluated with exactly this config (same config hash), or None."""
+    from bench.runs import run_dir
+
+    metrics_path = run_dir(cfg, method, seed) / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("config_hash") == cfg.hash():
             log.info("reusing %s (same config)", metrics_path)
             return metrics
-    for split in _splits(cfg):
-        run_features(cfg, split, progress=progress)
-    run_train(cfg, "acseg", seed, progress=progress)
-    return run_evaluate(cfg, "acseg", seed, progress=progress)
+    return None
 
 
 def _splits(cfg: Config) -> list[str]:
@@ -237,53 +250,47 @@ def _splits(cfg: Config) -> list[str]:
     return sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split})
 
 
-def _worker_init(threads: int, datasets: list, parent_run_id: str | None) -> None:
-    """A sweep worker: its share of the cores (for evaluation; training runs on run.train_threads), the parent's
-    dataset registry (which may hold datasets registered at run time), and the sweep's MLflow parent run."""
-    import torch
-
-    from bench import tracking
-    from bench.datasets import register_dataset
-
-    torch.set_num_threads(threads)
-    for spec in datasets:
-        register_dataset(spec)
-    tracking.nest_under(parent_run_id)
-
-
-def _run_task(task: tuple[Config, int]) -> dict:
-    cfg, seed = task
-    return run_point(cfg, seed, progress=False)
-
-
 def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: str | Path, out_csv: str | Path,
           progress: bool = True, echo: Callable[[str], None] = print, jobs: int = 1,
-          name: str | None = None) -> Path:
+          name: str | None = None, executor: Executor | None = None, feature_shards: int = 1) -> Path:
     """Every point x seed, one MLflow parent run for the sweep (each run nested in it), rows to ``out_csv``.
 
-    ``jobs`` > 1 trains that many points at once in worker processes, each evaluating with cores / jobs threads
-    and training with run.train_threads (so the numbers do not depend on ``jobs``). The feature caches every
-    point needs are made first, in this process, so workers only read them; every point x seed writes its own
-    run folder, so no two workers write the same file.
+    ``executor`` (default: local with ``jobs`` processes) runs the points x seeds not already finished (same
+    config hash in their run folder), after the feature caches every point needs (made first, so that the points
+    only read them; on Slurm, as jobs, ``feature_shards`` shards each). Locally, ``jobs`` > 1 trains that many
+    points at once in worker processes, each evaluating with cores / jobs threads; on Slurm, the points are one job
+    array, ``executor.jobs`` tasks at once, each evaluating with its CPUs. Training always runs on
+    run.train_threads, so the numbers depend on neither. Every point x seed writes its own run folder.
     """
     import pandas as pd
 
     from bench import tracking
-    from bench.runs import run_dir, run_features
+    from bench.runs import run_dir
 
+    executor = executor or Executor("local", jobs)
     name = name or "+".join(axes)
     points = grid(axes, cfg)
     configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
-    with tracking.parent_run(cfg, f"ablate-{cfg.data.dataset}-{name}",
-                             {"axes": json.dumps({k: [_text(v) for v in vs] for k, vs in axes.items()}),
-                              "seeds": ",".join(map(str, seeds)), "points": len(points)}) as parent_id:
-        for c in {_feature_key(c): c for c in configs}.values():
-            for split in _splits(c):
-                run_features(c, split, progress=progress)
-        runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
-        results = _map_tasks([(c, seed) for _, c, seed in runs], jobs, progress, parent_id)
+    cluster.warn_about_tracking(executor, cfg.run.tracking_uri)
+    runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
+    results: dict[int, dict] = {i: m for i, (_, c, seed) in enumerate(runs) if (m := finished(c, "acseg", seed))}
+    todo = [i for i in range(len(runs)) if i not in results]
+    if results:
+        echo(f"{name}: {len(results)} of {len(runs)} runs already done (same config), {len(todo)} to run")
+    parent = tracking.parent_run(cfg, f"ablate-{cfg.data.dataset}-{name}",
+                                 {"axes": json.dumps({k: [_text(v) for v in vs] for k, vs in axes.items()}),
+                                  "seeds": ",".join(map(str, seeds)), "points": len(points)})
+    with parent if todo else contextlib.nullcontext(None) as parent_id:  # nothing to run: nothing logged
+        needed = {_feature_key(runs[i][1]): runs[i][1] for i in todo}.values()
+        cluster.extract_features(executor, [(c, split) for c in needed for split in _splits(c)], feature_shards,
+                                 progress, echo)
+        tasks = [cluster.Task(run_point, (c, seed, progress and executor.kind == "local" and executor.jobs <= 1),
+                              f"{point.label} seed {seed}", (c.data.dataset,))
+                 for point, c, seed in (runs[i] for i in todo)]
+        results.update(zip(todo, cluster.run_tasks(executor, tasks, f"ablate-{name}", parent_id, echo)))
         rows = []
-        for (point, point_cfg, seed), m in zip(runs, results):
+        for i, (point, point_cfg, seed) in enumerate(runs):
+            m = results[i]
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
                          "seed": seed, "train_steps": point_cfg.acseg.train.steps,
                          "run": str(run_dir(point_cfg, "acseg", seed)), **_training(point_cfg, seed)})
@@ -295,31 +302,12 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     return Path(out_csv)
 
 
-def _map_tasks(tasks: list[tuple[Config, int]], jobs: int, progress: bool, parent_id: str | None):
-    """Results of every task, in order: in this process, or in ``jobs`` worker processes."""
-    if jobs <= 1 or len(tasks) <= 1:
-        yield from (run_point(c, seed, progress) for c, seed in tasks)
-        return
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from bench.datasets import get_spec
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    datasets = [get_spec(name) for name in {c.data.dataset for c, _ in tasks}]
-    context = multiprocessing.get_context("forkserver")  # clean workers: no forked torch threads or MLflow state
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(threads, datasets, parent_id)) as pool:
-        yield from pool.map(_run_task, tasks)
-
-
 def _feature_key(cfg: Config) -> str:
     return cfg.hash("data", "backbone", "features")
 
 
 def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Callable[[str], None] = print,
-               jobs: int | None = None) -> list[Path]:
+               jobs: int | None = None, executor: Executor | None = None, feature_shards: int = 1) -> list[Path]:
     """The sweeps of the params' ``ablations.sweeps`` (all if ``names`` is empty) on ``ablations.dataset``, at the
     ablations' budget: one CSV per sweep in ``ablations.csv_dir``."""
     plan = cfg.ablations
@@ -332,7 +320,7 @@ def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Calla
     for name in names or [DEFAULT, *plan.sweeps]:
         axes = parse_axes(plan.sweeps[name]) if name != DEFAULT else {"prototypes": [base.acseg.prototypes]}
         outs.append(sweep(base, axes, cfg.benchmark.seeds, plan.runs_dir, Path(plan.csv_dir) / f"{name}.csv",
-                          progress, echo, jobs or plan.jobs, name))
+                          progress, echo, jobs or plan.jobs, name, executor, feature_shards))
     return outs
 
 

@@ -30,6 +30,55 @@ CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (
                                       "the run's crf/ folder with crf=true.")]
 
 
+# Where the work of `features`, `ablate` and `benchmark` runs (bench/cluster.py; docs/running_on_a_cluster.md).
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="local: on this machine; slurm: as Slurm jobs "
+                                          "submitted through submitit, waited for (docs/running_on_a_cluster.md).")]
+PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="Slurm: the partition (default: the "
+                                                     "cluster's).", rich_help_panel="Slurm")]
+TimeOpt = Annotated[int, typer.Option("--time", min=1, help="Slurm: each job's time limit, minutes.",
+                                      rich_help_panel="Slurm")]
+CpusOpt = Annotated[int, typer.Option("--cpus-per-task", min=1, help="Slurm: CPUs of each job (its torch threads "
+                                      "for evaluation and extraction).", rich_help_panel="Slurm")]
+GpusOpt = Annotated[int, typer.Option("--gpus-per-task", min=0, help="Slurm: GPUs of each job (with --device "
+                                      "cuda).", rich_help_panel="Slurm")]
+MemOpt = Annotated[Optional[float], typer.Option("--mem", min=0, help="Slurm: memory of each job, GB (default: the "
+                                                 "cluster's).", rich_help_panel="Slurm")]
+LogsOpt = Annotated[Path, typer.Option("--logs", help="Slurm: the jobs' logs and submitit's files (on a filesystem "
+                                       "the nodes share), one folder per submission.", rich_help_panel="Slurm")]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--slurm-arg", help="Slurm: any other sbatch option as KEY=VALUE, e.g. --slurm-arg account=vision --slurm-arg "
+                        "qos=low (repeatable).", rich_help_panel="Slurm")]
+ShardsOpt = Annotated[int, typer.Option("--feature-shards", min=1, help="Missing feature caches: each split's "
+                                        "extraction in this many shards (Slurm: array tasks, then a merge job).")]
+
+
+def _executor(kind: str, jobs: int, partition: str | None, time: int, cpus: int, gpus: int, mem: float | None,
+              logs: Path, slurm_args: list[str] | None):
+    from bench.cluster import ClusterError, Executor, SlurmOptions
+
+    extra = []
+    for arg in slurm_args or []:
+        key, sep, value = arg.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--slurm-arg {arg!r} must look like KEY=VALUE (an sbatch option without its dashes)")
+        extra.append((key.strip().lstrip("-"), value))
+    try:
+        return Executor(kind, jobs, SlurmOptions(partition, time, cpus, gpus, mem, logs, tuple(extra)))
+    except ClusterError as e:
+        _fail(str(e))
+
+
+def _guard_jobs(fn, *args, **kwargs):
+    """_guard, and jobs that failed (on Slurm: each named with its log) or shards that cannot be merged."""
+    from bench.cluster import ClusterError
+    from bench.features import ShardError
+
+    try:
+        return _guard(fn, *args, **kwargs)
+    except (ClusterError, ShardError) as e:
+        _fail(str(e))
+
+
 def _config(params: Path, dataset: str | None, sets: list[str] | None, device: str | None = None):
     from bench.config import ConfigError, load_config
 
@@ -82,15 +131,47 @@ def fetch(dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), s
 def features(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to extract (default: train, "
                                                        "cluster and eval splits).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: compute only shard I (0..N-1) of the split's "
+                                                 "extraction in N shards (whole batches of the serial pass), "
+                                                 "published as a part; then --merge N.")] = None,
+    merge: Annotated[Optional[int], typer.Option("--merge", min=1, help="N: merge the N shards' parts into the "
+                                                 "cache entry (atomically; a missing shard: an error, no "
+                                                 "entry).")] = None,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="Extract each split in this many shards, then merge "
+                                        "them (--executor slurm: an array of shards, then a dependent merge "
+                                        "job).")] = 1,
+    executor: ExecutorOpt = "local", partition: PartitionOpt = None, time: TimeOpt = 120, cpus_per_task: CpusOpt = 1,
+    gpus_per_task: GpusOpt = 0, mem: MemOpt = None, logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split)."""
-    from bench.runs import run_features
+    """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split):
+    here, in shards, or as Slurm jobs. The merged entry of N shards is bitwise the serial one."""
+    from bench import cache
+    from bench import features as feats
+    from bench.cluster import extract_features
 
     cfg = _config(params, dataset, set_, device)
-    for s in split or sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split}):
-        typer.echo(f"{s}: {_guard(run_features, cfg, s, progress=not quiet)}")
+    splits = split or sorted({cfg.data.train_split, cfg.data.cluster_split, cfg.data.eval_split})
+    if shard is not None:
+        if merge is not None or executor != "local" or shards != 1:
+            _fail("--shard computes one shard here: not with --merge, --shards or --executor")
+        index, sep, count = shard.partition("/")
+        if not sep or not index.isdigit() or not count.isdigit() or int(count) < 1:
+            _fail(f"--shard {shard!r} must look like I/N, e.g. 0/4 (shards 0 to N-1)")
+        for s in splits:
+            typer.echo(f"{s}: {_guard_jobs(feats.extract_shard, cfg, s, int(index), int(count), progress=not quiet)}")
+        return
+    if merge is not None:
+        if executor != "local" or shards != 1:
+            _fail("--merge merges here: not with --shards or --executor")
+        for s in splits:
+            typer.echo(f"{s}: {_guard_jobs(feats.merge_shards, cfg, s, merge)}")
+        return
+    jobs = _executor(executor, shards, partition, time, cpus_per_task, gpus_per_task, mem, logs, slurm_arg)
+    _guard_jobs(extract_features, jobs, [(cfg, s) for s in splits], shards, not quiet, typer.echo)
+    for s in splits:
+        typer.echo(f"{s}: {cache.cache_dir(cfg, s)}")
 
 
 @app.command()
@@ -111,7 +192,7 @@ def train(method: MethodOpt = "acseg", seed: SeedOpt = None, dataset: DatasetOpt
 @app.command()
 def evaluate(
     method: Annotated[Optional[str], typer.Option("--method", help="A registered method (default: every method of "
-                                                  "benchmark.methods).")] = None,
+                                                  "benchmark.methods; with --crf, of benchmark.crf_methods).")] = None,
     seed: SeedOpt = None, crf: CrfOpt = False, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
 ):
@@ -121,7 +202,7 @@ def evaluate(
     from bench.runs import evaluate_runs
 
     cfg = _config(params, dataset, set_, device)
-    methods = [method] if method else cfg.benchmark.methods
+    methods = [method] if method else cfg.benchmark.crf_methods if crf else cfg.benchmark.methods
     for m in methods:
         _guard(get_method, m)
     runs = [(m, s) for m in methods for s in _seeds(cfg, seed)]
@@ -144,10 +225,13 @@ def diagnose(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt
     cfg = _config(params, dataset, set_, device)
     for s in _seeds(cfg, seed):
         r = _guard(run_diagnose, cfg, s, progress=not quiet)
-        typer.echo(f"seed {s}: modularity {r['modularity_learned']:.3f} (per-image k-means "
-                   f"{r['modularity_per_image_kmeans']:.3f}); oracle mIoU {r['oracle_miou_learned']:.1f} "
-                   f"(per-image k-means {r['oracle_miou_per_image_kmeans']:.1f}); concepts/image "
-                   f"{r['concepts_per_image_mean']:.2f}")
+        q = r["modularity"]
+        typer.echo(f"seed {s}: modularity on the dense / k-NN graph: ACSeg {q['dense']['acseg']:.3f} / "
+                   f"{q['knn']['acseg']:.3f}, per-image k-means {q['dense']['per_image_kmeans']:.3f} / "
+                   f"{q['knn']['per_image_kmeans']:.3f}, ground truth {q['dense']['ground_truth']:.3f} / "
+                   f"{q['knn']['ground_truth']:.3f}; oracle mIoU {r['oracle_miou_learned']:.1f} (per-image k-means "
+                   f"{r['oracle_miou_per_image_kmeans']:.1f}); classifier ceiling (ground-truth partitions) "
+                   f"{r['classifier_ceiling_miou']:.1f}; concepts/image {r['concepts_per_image_mean']:.2f}")
 
 
 def _axes_help() -> str:
@@ -169,12 +253,16 @@ def ablate(
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where the points' run folders go.")] = "runs/ablations",
     out: Annotated[Optional[Path], typer.Option("--out", help="Tidy CSV, one row per run "
                                                 "(default: <runs-dir>/<axes>.csv).")] = None,
+    executor: ExecutorOpt = "local", feature_shards: ShardsOpt = 1, partition: PartitionOpt = None,
+    time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0, mem: MemOpt = None,
+    logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
     device: DeviceOpt = None, quiet: QuietOpt = False,
 ):
     """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid, every
     point x seed trained (ablations.train_steps steps) and evaluated on the cached features of ablations.dataset, one
-    MLflow parent run with a nested run each. Points already run with the same config are reused. Axes: see
+    MLflow parent run with a nested run each. Points already run with the same config are reused (not submitted).
+    --executor slurm: the points x seeds are one Slurm job array, --jobs at once. Axes: see
     `acseg-bench ablate --help-axes`."""
     from bench.ablate import budget, parse_axes, run_sweeps, sweep
     from bench.config import ConfigError
@@ -200,7 +288,10 @@ def ablate(
         if raw:
             _fail("give either --sweep (sweeps from the params) or axes, not both")
         names = [] if sweep_names == "all" else [n.strip() for n in sweep_names.split(",") if n.strip()]
-        for path in _guard(run_sweeps, cfg, names, progress=not quiet, echo=typer.echo, jobs=jobs):
+        where = _executor(executor, jobs or cfg.ablations.jobs, partition, time, cpus_per_task, gpus_per_task, mem,
+                          logs, slurm_arg)
+        for path in _guard_jobs(run_sweeps, cfg, names, progress=not quiet, echo=typer.echo, jobs=jobs,
+                                executor=where, feature_shards=feature_shards):
             typer.echo(str(path))
         return
     try:
@@ -209,9 +300,48 @@ def ablate(
     except (ConfigError, ValueError) as e:
         _fail(f"{e}")
     name = "+".join(axes)
-    path = _guard(sweep, _guard(budget, cfg), axes, seed_list, runs_dir, out or Path(runs_dir) / f"{name}.csv",
-                  progress=not quiet, echo=typer.echo, jobs=jobs or cfg.ablations.jobs, name=name)
+    where = _executor(executor, jobs or cfg.ablations.jobs, partition, time, cpus_per_task, gpus_per_task, mem, logs,
+                      slurm_arg)
+    path = _guard_jobs(sweep, _guard(budget, cfg), axes, seed_list, runs_dir, out or Path(runs_dir) / f"{name}.csv",
+                       progress=not quiet, echo=typer.echo, jobs=where.jobs, name=name, executor=where,
+                       feature_shards=feature_shards)
     typer.echo(f"{len(seed_list)} seeds x {len(axes)} axes -> {path}")
+
+
+@app.command()
+def benchmark(
+    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="Dataset(s) (default: every one of "
+                                                         "benchmark.datasets; repeatable).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="Method(s) (default: benchmark.methods; "
+                                                        "repeatable).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma list of seeds (default: "
+                                                 "benchmark.seeds).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once (local processes, or the Slurm "
+                                      "array's parallelism).")] = 1,
+    executor: ExecutorOpt = "local", feature_shards: ShardsOpt = 1, partition: PartitionOpt = None,
+    time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0, mem: MemOpt = None,
+    logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+):
+    """Train and evaluate every dataset x method x seed of the benchmark (dvc.yaml's train and evaluate stages, in
+    their run folders), features first: here, or as one Slurm job array (--executor slurm). Runs already evaluated
+    with the same config are reused (not submitted). Then `acseg-bench evaluate --crf` and `results` as usual."""
+    from bench.matrix import run_matrix
+    from bench.methods import get_method
+
+    first = _config(params, None, set_, device)
+    configs = [_config(params, d, set_, device) for d in (dataset or first.benchmark.datasets)]
+    methods = method or first.benchmark.methods
+    for m in methods:
+        _guard(get_method, m)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else first.benchmark.seeds
+    except ValueError:
+        _fail(f"--seeds {seeds!r}: a comma list of integers")
+    where = _executor(executor, jobs, partition, time, cpus_per_task, gpus_per_task, mem, logs, slurm_arg)
+    for run, metrics in _guard_jobs(run_matrix, configs, methods, seed_list, where, feature_shards, not quiet,
+                                    typer.echo):
+        typer.echo(f"{run.label}: mIoU {metrics['miou']:.2f}  acc {metrics['acc']:.2f}")
 
 
 @app.command()
@@ -263,44 +393,51 @@ def compose_params(
 
 @app.command()
 def perf(
-    images: Annotated[int, typer.Option("--images", help="Images for the feature, concept-step, clustering and "
-                                        "evaluation-speed measures.")] = 24,
+    images: Annotated[int, typer.Option("--images", help="Images of the evaluation split for the feature, ACSeg "
+                                        "inference, concept-step, k-means and evaluation-speed measures (a split "
+                                        "without a feature cache: its first images are extracted for the run).")] = 24,
     memory_images: Annotated[int, typer.Option("--memory-images", help="N of the peak-memory measure (N and 2N "
                                                "training images, each evaluated in a fresh process).")] = 150,
     steps: Annotated[int, typer.Option("--steps", help="Timed training steps (ACSeg and STEGO).")] = 20,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Training steps before timing.")] = 3,
     repeats: Annotated[int, typer.Option("--repeats", help="Feature extraction: best of this many rounds.")] = 2,
-    min_seconds: Annotated[float, typer.Option("--min-seconds", help="Fast measures (concept step, evaluation "
-                                               "without CRF) repeat until this long.")] = 2.0,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", help="Fast measures (ACSeg inference, concept step, "
+                                               "k-means, evaluation without CRF) repeat until this long.")] = 2.0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: torch's default).")] = None,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="One more feature-pipeline round under "
+                                          "cProfile: where its time goes (feature_pipeline_profile_* rows).")] = True,
     out: Annotated[Path, typer.Option("--out", help="Folder of performance.csv and performance.md.")] = Path("reports"),
     repro_timing: Annotated[Path, typer.Option("--repro-timing", help="dvc repro timings to copy in (written by "
                                                "pipelines/time_repro.sh), if present.")] = Path("reports/repro_timing.json"),
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Speed and memory on the cached features and images: feature pipeline vs bare timm, concept step vs per-image
-    k-means and spectral clustering, training steps/s, evaluation images/s (with and without CRF), peak memory."""
+    """Speed and memory, side by side on the same images: feature pipeline vs bare timm (with its profile), ACSeg's
+    inference vs the backbone's forward, the concept step vs per-image scikit-learn k-means and this harness's
+    batched k-means (with FLOPs), training steps/s, evaluation images/s (with and without CRF), peak memory."""
     import shlex
 
     import torch
 
     from bench.features import resolve_device
-    from bench.perf import machine, run_suite, write_report
+    from bench.perf import machine, repro_processor, run_suite, write_report
 
     cfg = _config(params, dataset, set_, device)
     if threads:
         torch.set_num_threads(threads)
     rows = _guard(run_suite, cfg, images=images, memory_images=memory_images, steps=steps, warmup_steps=warmup_steps,
-                  repeats=repeats, min_seconds=min_seconds, progress=not quiet, repro_timing=repro_timing)
+                  repeats=repeats, min_seconds=min_seconds, progress=not quiet, repro_timing=repro_timing,
+                  profile=profile)
     argv = ["acseg-bench", "perf", "--images", str(images), "--memory-images", str(memory_images), "--steps",
             str(steps), "--warmup-steps", str(warmup_steps), "--repeats", str(repeats), "--min-seconds", f"{min_seconds:g}"]
-    argv += (["--threads", str(threads)] if threads else []) + (["--device", device] if device else [])
+    argv += (["--threads", str(threads)] if threads else []) + ([] if profile else ["--no-profile"])
+    argv += (["--device", device] if device else [])
     argv += (["--dataset", dataset] if dataset else []) + (["--params", str(params)] if str(params) != "params.yaml" else [])
     argv += (["--out", str(out)] if out != Path("reports") else [])
     for s in set_ or []:
         argv += ["--set", s]
-    csv_path, md_path = write_report(rows, out, shlex.join(argv), machine(resolve_device(cfg.run.device)))
+    csv_path, md_path = write_report(rows, out, shlex.join(argv), machine(resolve_device(cfg.run.device)),
+                                     repro_processor(repro_timing))
     for r in rows:
         typer.echo(f"{r.measure}: {r.value:.4g} {r.unit}")
     typer.echo(f"-> {csv_path}, {md_path}")
@@ -344,6 +481,17 @@ def predict(
     cfg = _config(params, dataset, set_, device)
     written = _guard(predict_folder, cfg, seed, images, out)
     typer.echo(f"wrote {written} label maps and overlays to {out}")
+
+
+@app.command()
+def generators(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
+               set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+    """Concept generators (ACSeg's ACG, per-image k-means, adaptive k-means, spectral) through ACSeg's own concept
+    classifier: mIoU, oracle mIoU, concept retrieval top-1/top-5, concepts per image, images/s, FLOPs per image."""
+    from bench.generators import run_generators
+
+    cfg = _config(params, dataset, set_, device)
+    typer.echo(str(_guard(run_generators, cfg, _seeds(cfg, seed), progress=not quiet)))
 
 
 if __name__ == "__main__":

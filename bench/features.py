@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -170,10 +171,11 @@ def input_size(image_hw: tuple[int, int], cfg: Config, patch: int) -> tuple[int,
     return max(1, round(math.sqrt(area * h / w))) * patch, max(1, round(math.sqrt(area * w / h))) * patch
 
 
-def _batches(dataset: SegmentationSplit, batch_size: int):
-    """Consecutive images of one input size, at most ``batch_size`` at a time."""
+def _batches(dataset: SegmentationSplit, batch_size: int, images: range | None = None):
+    """Consecutive images of one input size, at most ``batch_size`` at a time (``images``: a range of the split,
+    default all of it)."""
     batch: list[torch.Tensor] = []
-    for i in range(len(dataset)):
+    for i in images if images is not None else range(len(dataset)):
         image = dataset[i][0]
         if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
             yield torch.stack(batch)
@@ -198,9 +200,17 @@ def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
         return _extract(cfg, split, path, progress)
 
 
-def _extract(cfg: Config, split: str, path: Path, progress: bool) -> Path:
-    from acseg.features import FEATURE_TYPES, ViTFeatures
-    from bench.backbones import get_backbone_spec, load_backbone
+def _missing_types(cfg: Config, split: str) -> list[str]:
+    """The feature types a pass writes: the configured one, and every other type whose entry is missing."""
+    from acseg.features import FEATURE_TYPES
+
+    return [t for t in FEATURE_TYPES if t == cfg.features.type or not cache.is_valid(
+        *_entry(with_overrides(cfg, {"features.type": t}), split))]
+
+
+def _split_dataset(cfg: Config, split: str, verify: bool = True) -> tuple[SegmentationSplit, int]:
+    """The split's images at the backbone's input sizes (the dataset verified first), and the patch size."""
+    from bench.backbones import get_backbone_spec
 
     spec = dataset_spec(cfg)
     patch = get_backbone_spec(cfg.backbone.name).patch_size
@@ -208,11 +218,19 @@ def _extract(cfg: Config, split: str, path: Path, progress: bool) -> Path:
     if h % patch or w % patch:
         raise ValueError(f"invalid parameter features.height/width={h}x{w}: must be multiples of the "
                          f"patch size {patch} of {cfg.backbone.name}")
-    types = [t for t in FEATURE_TYPES if t == cfg.features.type or not cache.is_valid(
-        *_entry(with_overrides(cfg, {"features.type": t}), split))]
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
-    spec.verify(root)  # nothing is cached from a dataset that fails its verification
-    dataset = SegmentationSplit(spec, root, split, size=lambda hw: input_size(hw, cfg, patch), with_labels=False)
+    if verify:
+        spec.verify(root)  # nothing is cached from a dataset that fails its verification
+    return SegmentationSplit(spec, root, split, size=lambda hw: input_size(hw, cfg, patch), with_labels=False), patch
+
+
+def _forward(cfg: Config, dataset: SegmentationSplit, images: range, types: list[str], progress: bool,
+             desc: str) -> tuple[dict[str, torch.Tensor], str]:
+    """One forward pass over ``images`` of the split, batched exactly as the whole split is (see
+    :func:`batch_starts`): {"<type>": rows of each type, "cls_attention", "grids"} and the weights' checksum."""
+    from acseg.features import ViTFeatures
+    from bench.backbones import load_backbone
+
     device = resolve_device(cfg.run.device)
     vit, checksum = load_backbone(cfg.backbone)
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
@@ -220,20 +238,171 @@ def _extract(cfg: Config, split: str, path: Path, progress: bool) -> Path:
     attention, grids = [], []
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
-        for images in tqdm(_batches(dataset, cfg.features.batch_size), desc=f"features {cfg.data.dataset}/{split}",
-                           disable=not progress, unit="batch"):
-            out = extractor(images.to(device, non_blocking=True))
+        for images_batch in tqdm(_batches(dataset, cfg.features.batch_size, images), desc=desc, disable=not progress,
+                                 unit="batch"):
+            out = extractor(images_batch.to(device, non_blocking=True))
             b, gh, gw, _ = out["features"].shape
             for t in types:
                 rows[t].append(out[t].half().cpu().reshape(b * gh * gw, -1))
             attention.append(out["cls_attention"].half().cpu().permute(0, 2, 3, 1).reshape(b * gh * gw, -1))
             grids += [(gh, gw)] * b
-    tensors = {"cls_attention": torch.cat(attention), "grids": torch.tensor(grids, dtype=torch.long)}
+    tensors = {t: torch.cat(rows[t]) for t in types}
+    tensors.update(cls_attention=torch.cat(attention), grids=torch.tensor(grids, dtype=torch.long))
+    return tensors, checksum
+
+
+def _extract(cfg: Config, split: str, path: Path, progress: bool) -> Path:
+    types = _missing_types(cfg, split)
+    dataset, _ = _split_dataset(cfg, split)
+    tensors, checksum = _forward(cfg, dataset, range(len(dataset)), types, progress,
+                                 f"features {cfg.data.dataset}/{split}")
+    _publish(cfg, split, types, tensors, checksum, dataset.names)
+    return path
+
+
+def _publish(cfg: Config, split: str, types: list[str], tensors: dict[str, torch.Tensor], checksum: str,
+             names: list[str]) -> None:
+    """Write each type's entry (atomically): its rows as "features", beside the [CLS] attention and the grids."""
+    shared = {"cls_attention": tensors["cls_attention"], "grids": tensors["grids"]}
     for t in types:
         entry, meta = _entry(with_overrides(cfg, {"features.type": t}), split)
-        cache.write_entry(entry, {"features": torch.cat(rows[t]), **tensors},
-                          {**meta, "weights_sha256": checksum, "names": dataset.names})
+        cache.write_entry(entry, {"features": tensors[t], **shared},
+                          {**meta, "weights_sha256": checksum, "names": names})
+
+
+# ------------------------------------------------------------------------------------------------ shards
+#
+# A split's extraction cut into n shards (``acseg-bench features --shard i/n``), each a contiguous run of whole
+# batches of the serial extraction, so that every image meets exactly the batch it would meet in one pass: the
+# merged entry is bitwise the serial one. Each shard is published atomically as a part (every feature type, the
+# [CLS] attention and the grids of its images) under <weights_dir>/.shards/; the merge (``--merge n``) checks that
+# every part is there and complete, then writes the entries through the cache's own atomic writer, under the
+# entry's lock, and removes the parts. A missing or failed shard: an error naming it, and no entry.
+
+
+class ShardError(RuntimeError):
+    """A shard cannot be made or merged (missing part, a part of another extraction): the message says which."""
+
+
+def batch_starts(cfg: Config, split: str, dataset: SegmentationSplit | None = None,
+                 patch: int | None = None) -> list[int]:
+    """The image index where each batch of the serial extraction starts, then the number of images: batches are
+    consecutive images of one input size, at most features.batch_size of them (image sizes read from headers)."""
+    from bench.datasets.base import image_size
+
+    if dataset is None:
+        dataset, patch = _split_dataset(cfg, split)
+    n = len(dataset)
+    if cfg.data.keep_aspect:
+        sizes = [input_size(image_size(dataset.image_path(i)), cfg, patch) for i in range(n)]
+    else:
+        sizes = [(cfg.features.height, cfg.features.width)] * n
+    starts: list[int] = []
+    for i in range(n):
+        if not starts or sizes[i] != sizes[i - 1] or i - starts[-1] == cfg.features.batch_size:
+            starts.append(i)
+    return starts + [n]
+
+
+def shard_count(cfg: Config, split: str, shards: int) -> int:
+    """``shards``, or the split's number of batches when it has fewer (a small split is cut in fewer shards)."""
+    dataset, patch = _split_dataset(cfg, split, verify=False)
+    return max(1, min(shards, len(batch_starts(cfg, split, dataset, patch)) - 1))
+
+
+def shard_range(starts: list[int], shard: int, shards: int) -> range:
+    """Images of shard ``shard`` (0-based) of ``shards``: a contiguous run of whole batches."""
+    batches = len(starts) - 1
+    if not 0 <= shard < shards:
+        raise ShardError(f"shard {shard}/{shards}: the shard index runs from 0 to {shards - 1}")
+    if shards > batches:
+        raise ShardError(f"{shards} shards: the split has {starts[-1]} images in {batches} batches "
+                         f"(features.batch_size images of one size): use at most {batches} shards")
+    return range(starts[shard * batches // shards], starts[(shard + 1) * batches // shards])
+
+
+def shards_dir(cfg: Config, split: str, shards: int) -> Path:
+    """Where the parts of one extraction in ``shards`` shards go (beside the entries it makes)."""
+    f = cfg.features
+    tag = f"{f.height}x{f.width}{'-aspect' if cfg.data.keep_aspect else ''}"
+    return cache.weights_dir(cfg, split) / ".shards" / f"{tag}-of-{shards}"
+
+
+def part_dir(cfg: Config, split: str, shard: int, shards: int) -> Path:
+    return shards_dir(cfg, split, shards) / f"part-{shard}"
+
+
+def _part_key(cfg: Config, split: str, shard: int, shards: int) -> dict:
+    """What a part must say of itself to belong to this extraction (its image range is checked at the merge)."""
+    key = {k: v for k, v in cache.expected_meta(cfg, split).items() if k != "feature_type"}
+    return {**key, "part": shard, "parts": shards, "batch_size": cfg.features.batch_size}
+
+
+def extract_shard(cfg: Config, split: str, shard: int, shards: int, progress: bool = True) -> Path:
+    """Compute shard ``shard`` of ``shards`` of the split and publish it as a part (reused when already there)."""
+    from acseg.features import FEATURE_TYPES
+
+    path, key = part_dir(cfg, split, shard, shards), _part_key(cfg, split, shard, shards)
+    if cache.is_valid(path, key):
+        log.info("shard %d/%d already computed: %s", shard, shards, path)
+        return path
+    dataset, patch = _split_dataset(cfg, split)
+    images = shard_range(batch_starts(cfg, split, dataset, patch), shard, shards)
+    tensors, checksum = _forward(cfg, dataset, images, list(FEATURE_TYPES), progress,
+                                 f"features {cfg.data.dataset}/{split} shard {shard}/{shards}")
+    cache.write_entry(path, {f"features.{t}": tensors[t] for t in FEATURE_TYPES}
+                      | {"cls_attention": tensors["cls_attention"], "grids": tensors["grids"]},
+                      {**key, "start": images.start, "stop": images.stop, "images": len(dataset),
+                       "weights_sha256": checksum, "names": dataset.names[images.start:images.stop]})
     return path
+
+
+def missing_shards(cfg: Config, split: str, shards: int) -> list[int]:
+    """The shards of an extraction in ``shards`` shards whose part is not (completely) there."""
+    return [i for i in range(shards) if not cache.is_valid(part_dir(cfg, split, i, shards),
+                                                            _part_key(cfg, split, i, shards))]
+
+
+def merge_shards(cfg: Config, split: str, shards: int) -> Path:
+    """Merge the ``shards`` parts into the split's cache entries (every type a part holds that is missing, and the
+    configured one), published atomically under the entry's lock; then the parts are removed. Any part missing,
+    incomplete or of another extraction: a ShardError naming it, and no entry is written."""
+    path, meta = _entry(cfg, split)
+    with cache.lock(path):
+        if cache.is_valid(path, meta):
+            log.info("feature cache hit: %s", path)
+        else:
+            _merge(cfg, split, shards)
+        shutil.rmtree(shards_dir(cfg, split, shards), ignore_errors=True)
+        try:
+            shards_dir(cfg, split, shards).parent.rmdir()  # .shards/, once no other extraction's parts are there
+        except OSError:
+            pass
+    return path
+
+
+def _merge(cfg: Config, split: str, shards: int) -> None:
+    missing = missing_shards(cfg, split, shards)
+    if missing:
+        raise ShardError(f"features {cfg.data.dataset}/{split}: shard(s) {', '.join(f'{i}/{shards}' for i in missing)} "
+                         f"missing or incomplete under {shards_dir(cfg, split, shards)}; nothing merged (compute them "
+                         f"with `acseg-bench features --split {split} --shard I/{shards}`)")
+    parts = [cache.read_entry(part_dir(cfg, split, i, shards)) for i in range(shards)]
+    metas = [m for _, m in parts]
+    first, expected = metas[0], 0
+    for i, m in enumerate(metas):
+        if m["start"] != expected or m["images"] != first["images"] or m["weights_sha256"] != first["weights_sha256"]:
+            raise ShardError(f"features {cfg.data.dataset}/{split}: part {i}/{shards} does not follow part {i - 1} "
+                             f"(images {m['start']}:{m['stop']} of {m['images']}, weights {m['weights_sha256']}): "
+                             f"nothing merged; delete {shards_dir(cfg, split, shards)} and extract again")
+        expected = m["stop"]
+    if expected != first["images"]:
+        raise ShardError(f"features {cfg.data.dataset}/{split}: the parts cover {expected} of {first['images']} "
+                         "images; nothing merged")
+    types = _missing_types(cfg, split)
+    tensors = {t: torch.cat([p[f"features.{t}"] for p, _ in parts]) for t in types}
+    tensors.update({k: torch.cat([p[k] for p, _ in parts]) for k in ("cls_attention", "grids")})
+    _publish(cfg, split, types, tensors, first["weights_sha256"], [n for m in metas for n in m["names"]])
 
 
 def _entry(cfg: Config, split: str) -> tuple[Path, dict]:

@@ -68,6 +68,32 @@ def nest_under(run_id: str | None) -> None:
     _parent_run_id = run_id
 
 
+def _use(cfg: Config):
+    """mlflow, pointed at the config's store and experiment. Several processes or nodes may create the experiment
+    at once (a sweep's tasks on a tracking server): the loser of that race reads the winner's."""
+    mlflow_defaults()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(cfg.run.tracking_uri)
+    try:
+        mlflow.set_experiment(cfg.run.experiment)
+    except MlflowException:
+        if mlflow.get_experiment_by_name(cfg.run.experiment) is None:
+            raise
+        mlflow.set_experiment(cfg.run.experiment)
+    return mlflow
+
+
+def ensure_experiment(cfg: Config) -> None:
+    """Create the config's MLflow experiment now (before jobs on other nodes log to it); a store that cannot be
+    reached costs a warning."""
+    try:
+        _use(cfg)
+    except Exception as e:  # noqa: BLE001 (tracking must never cost a result)
+        log.warning("MLflow store %s: %s: %s", cfg.run.tracking_uri, type(e).__name__, e)
+
+
 def log_run(
     cfg: Config,
     run_name: str,
@@ -79,11 +105,7 @@ def log_run(
 ) -> str | None:
     """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id."""
     try:
-        mlflow_defaults()
-        import mlflow
-
-        mlflow.set_tracking_uri(cfg.run.tracking_uri)
-        mlflow.set_experiment(cfg.run.experiment)
+        mlflow = _use(cfg)
         nested = mlflow.active_run() is not None
         if not nested and _parent_run_id:  # a sweep's worker process: nest under the sweep's run
             tags = {**tags, "mlflow.parentRunId": _parent_run_id}
@@ -111,11 +133,7 @@ def parent_run(cfg: Config, run_name: str, params: dict[str, Any]) -> Iterator[s
     unavailable the block still runs (its results are on disk regardless)."""
     run = None
     try:
-        mlflow_defaults()
-        import mlflow
-
-        mlflow.set_tracking_uri(cfg.run.tracking_uri)
-        mlflow.set_experiment(cfg.run.experiment)
+        mlflow = _use(cfg)
         run = mlflow.start_run(run_name=run_name)
         mlflow.set_tags({"git_commit": git_commit(), "kind": "sweep", "dataset": cfg.data.dataset,
                          "backbone": cfg.backbone.name, "config_hash": cfg.hash()})

@@ -51,7 +51,7 @@ def test_end_to_end_cli_with_tracking(workdir):
     assert (workdir / "data/camvid_mini.json").is_file()
     invoke("features", "--quiet")
     invoke("train", "--quiet")
-    out = invoke("evaluate", "--quiet")
+    out = invoke("evaluate", "--method", "acseg", "--quiet")
     assert "acseg seed 0: mIoU" in out
     invoke("train", "--method", "kmeans", "--quiet")
     invoke("evaluate", "--method", "kmeans", "--quiet")
@@ -104,7 +104,7 @@ def test_same_config_and_seed_give_identical_metrics(workdir):
     results = []
     for _ in range(2):
         invoke("train", "--quiet")
-        invoke("evaluate", "--quiet")
+        invoke("evaluate", "--method", "acseg", "--quiet")
         results.append(json.loads((workdir / "runs/camvid_mini/acseg/seed0/metrics.json").read_text()))
     assert results[0]["miou"] == results[1]["miou"] and results[0]["acc"] == results[1]["acc"]
     assert results[0]["mapping"] == results[1]["mapping"]

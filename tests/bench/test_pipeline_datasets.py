@@ -1,6 +1,7 @@
 """The paper configurations (conf/experiment) run as real DVC experiments, end to end through results and report,
 on the fixture datasets (tests/bench/dataset_fixtures.py) with a random ViT-S/8 at 48x48 and tiny models: `dvc exp
-run -S experiment=paper_<dataset> -S +testing=tiny` in a temporary git repository holding the project's pipeline.
+run -S experiment=paper_<dataset> -S +testing=tiny` in a temporary git repository holding the project's pipeline,
+one repository per configuration, the three run side by side.
 """
 
 import json
@@ -25,7 +26,7 @@ TINY = """# @package _global_
 # The tests' few-second settings over any experiment (a random ViT-S/8 at 48x48, one seed, tiny models).
 backbone: {weights: random, weights_sha256: null, weights_label: random ViT-S/8 (test)}
 features: {height: 48, width: 48, batch_size: 4}
-benchmark: {seeds: [0], methods: [acseg, kmeans, stego]}
+benchmark: {seeds: [0], methods: [acseg, kmeans, stego, dsm], crf_methods: [acseg, stego]}
 acseg:
   prototypes: 12
   depth: 1
@@ -37,6 +38,8 @@ acseg:
 kmeans: {n_init: 1}
 stego: {steps: 5, batch_size: 2, knn: 2, knn_draw: 2, feature_samples: 3, neg_samples: 1, log_every: 1,
         calibration_batches: 2}
+dsm: {segment_n_init: 1, n_init: 1}
+generators: {names: [acg, kmeans]}
 ablations: {train_steps: 5, jobs: 1, sweeps: {prototypes: {prototypes: [3]}}}
 run: {device: cpu}
 """
@@ -48,67 +51,86 @@ def run(args: list[str], cwd: Path, env: dict) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def _repository(base: Path, data: Path, dvc: list[str]) -> tuple[Path, dict]:
     """A git repository holding the pipeline (dvc.yaml, conf/, the code its stages depend on), DVC with Hydra
-    composition, every fixture dataset, and an environment whose PATH has this interpreter's acseg-bench."""
-    repo = tmp_path_factory.mktemp("project")
+    composition, and an environment whose PATH has this interpreter's acseg-bench."""
+    repo = base / "project"
+    repo.mkdir(parents=True)
     for name in ("acseg", "bench", "conf"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     (repo / "conf" / "testing").mkdir()
     (repo / "conf" / "testing" / "tiny.yaml").write_text(TINY)
-    data = tmp_path_factory.mktemp("data")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_AUTHOR_NAME": "test",
            "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "test",
-           "GIT_COMMITTER_EMAIL": "test@example.invalid", "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}
+           "GIT_COMMITTER_EMAIL": "test@example.invalid", "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db",
+           "OMP_NUM_THREADS": "1"}  # three repositories run side by side on the machine's cores
     for name, make in MAKERS.items():
-        env[LOCATION[name]] = str(make(data / name, train=TRAIN_IMAGES[name]))
-    dvc = [sys.executable, "-m", "dvc"]
+        env[LOCATION[name]] = str(data / name)
     run(["git", "init", "-q"], repo, env)
     run([*dvc, "init", "-q"], repo, env)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n/cache/\n/data/raw/\n")
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "pipeline"], repo, env)
-    return repo, env, dvc
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    """Every paper configuration run as a DVC experiment, each in its own repository, all at once."""
+    dvc = [sys.executable, "-m", "dvc"]
+    data = tmp_path_factory.mktemp("data")
+    for name, make in MAKERS.items():
+        make(data / name, train=TRAIN_IMAGES[name])
+    repos = {name: _repository(tmp_path_factory.mktemp(name), data, dvc) for name in MAKERS}
+    running = {name: subprocess.Popen([*dvc, "exp", "run", "-S", f"experiment=paper_{name}", "-S", "+testing=tiny",
+                                       "--name", f"paper-{name}"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+               for name, (repo, env) in repos.items()}
+    outputs = {name: process.communicate()[0] for name, process in running.items()}
+    return {name: (*repos[name], dvc, running[name].returncode, outputs[name]) for name in MAKERS}
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
-def test_a_paper_configuration_runs_as_a_dvc_experiment(name, project):
-    repo, env, dvc = project
-    run([*dvc, "exp", "run", "-S", f"experiment=paper_{name}", "-S", "+testing=tiny", "--name", f"paper-{name}"],
-        repo, env)
+def test_a_paper_configuration_runs_as_a_dvc_experiment(name, experiments):
+    repo, env, dvc, code, output = experiments[name]
+    assert code == 0, output[-8000:]
     df = pd.read_csv(repo / "reports/results.csv")
     assert (df.dataset == name).all() and (df.split == "val").all()
-    assert set(zip(df.method, df.crf)) == {(m, c) for m in ("acseg", "kmeans", "stego") for c in (False, True)}
+    assert set(zip(df.method, df.crf)) == {(m, False) for m in ("acseg", "kmeans", "stego", "dsm")} | {
+        ("acseg", True), ("stego", True)}
     assert df.miou.between(0, 100).all() and (df.backbone == "vit_small_patch8_224.dino").all()
     metrics = json.loads((repo / f"runs/{name}/acseg/seed0/metrics.json").read_text())
     assert metrics["n_images"] == 3 and metrics["n_clusters"] == {"voc2012": 21, "cocostuff27": 27,
                                                                   "cityscapes27": 27}[name]
     ablations = pd.read_csv(repo / "reports/ablations.csv")  # the paper's sweep: prototypes, with the default point
     assert sorted(ablations.value.astype(int)) == [3, 12] and (ablations.dataset == name).all()
+    generators = pd.read_csv(repo / f"reports/generators/{name}.csv")
+    assert set(generators.generator) == {"acg", "kmeans"}
     report = (repo / "reports/README.md").read_text()
     assert "## Ablations (ACSeg" in report and (repo / f"reports/figures/per_class_iou_{name}.png").is_file()
     assert run([*dvc, "status"], repo, env).strip().endswith("Data and pipelines are up to date.")
 
     shown = json.loads(run([*dvc, "exp", "show", "--json"], repo, env))
-    experiments = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
-                   for e in [e["revs"][0]] if e.get("name")}
-    assert f"paper-{name}" in experiments, shown
-    data = experiments[f"paper-{name}"]["data"]
+    experiments_shown = {e["name"]: e for baseline in shown for e in (baseline.get("experiments") or [])
+                         for e in [e["revs"][0]] if e.get("name")}
+    assert f"paper-{name}" in experiments_shown, shown
+    data = experiments_shown[f"paper-{name}"]["data"]
     params = data["params"]["params.yaml"]["data"]
     assert params["benchmark"]["datasets"] == [name] and params["acseg"]["train"]["steps"] == 5
     assert "reports/results_summary.json" in data["metrics"]
 
 
-def test_dvc_dag_reads_as_the_readme_describes(project):
-    repo, env, dvc = project
+def test_dvc_dag_reads_as_the_readme_describes(experiments):
+    repo, env, dvc, *_ = experiments["voc2012"]
+    run(["git", "checkout", "-q", "--", "params.yaml"], repo, env)  # the default benchmark's params again
     dot = run([*dvc, "dag", "--dot"], repo, env)
     for edge in ('"fetch@camvid" -> "features@camvid-train"', '"features@camvid-train" -> "train@camvid-acseg-0"',
                  '"train@camvid-stego-0" -> "evaluate@camvid-stego-0"',
                  '"train@camvid-kmeans-1" -> "evaluate-crf@camvid"', '"evaluate@camvid-acseg-2" -> "results"',
-                 '"results" -> "report"', '"ablate-default" -> "ablate@prototypes"', '"ablations" -> "report"'):
+                 '"train@camvid-acseg-0" -> "generators@camvid"', '"results" -> "report"',
+                 '"ablate-default" -> "ablate@prototypes"', '"ablations" -> "report"'):
         assert edge in dot, edge
