@@ -111,6 +111,23 @@ class Axis:
     parse: Callable[[str], Any]
     overrides: Callable[[Any, Config], dict[str, Any]]
     current: Callable[[Config], Any]  # the base configuration's value (every sweep includes it)
+    method: str = "acseg"  # the method whose choice it varies (the one its points train)
+
+
+def _repel(text: str) -> tuple[float, float, float]:
+    """A STEGO calibration rule: the percentages of self, k-NN and random pairs that repel, e.g. 70-70-90."""
+    try:
+        values = tuple(float(v) / 100 for v in text.split("-"))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 < v < 1 for v in values):
+        raise ConfigError(f"--stego-rule: {text!r} is not three percentages self-knn-random, e.g. 70-70-90")
+    return values
+
+
+def _rule_text(c: Config) -> str:
+    s = c.stego
+    return "-".join(f"{round(v * 100):d}" for v in (s.repel_self, s.repel_knn, s.repel_rand))
 
 
 AXES: dict[str, Axis] = {a.name: a for a in [
@@ -131,7 +148,29 @@ AXES: dict[str, Axis] = {a.name: a for a in [
          _classifier_value),
     Axis("classes", "classifier K (0: the dataset's classes)", _int("classes"), _set("acseg.classifier.n_classes"),
          lambda c: c.acseg.classifier.n_classes),
+    Axis("restarts", "concept classifier's k-means restarts (the lowest inertia wins)", _int("restarts"),
+         _set("acseg.classifier.n_init"), lambda c: c.acseg.classifier.n_init),
+    Axis("graph", "the loss's pixel graph (dense, k-NN, thresholded)", _choice("graph", lambda: ["dense", "knn",
+                                                                                                 "threshold"]),
+         _set("acseg.graph.kind"), lambda c: c.acseg.graph.kind),
+    Axis("graph_features", "what the graph compares (tokens, keys or both)",
+         _choice("graph_features", lambda: ["tokens", "keys", "both"]), _set("acseg.graph.features"),
+         lambda c: c.acseg.graph.features),
+    Axis("region_features", "what the concept classifier reads of a region (tokens, keys or both)",
+         _choice("region_features", lambda: ["tokens", "keys", "both"]), _set("acseg.classifier.region_features"),
+         lambda c: c.acseg.classifier.region_features),
+    Axis("stego_rule", "STEGO's calibration rule: % of self / k-NN / random pairs that repel", _repel,
+         lambda v, c: {"stego.repel_self": v[0], "stego.repel_knn": v[1], "stego.repel_rand": v[2]},
+         lambda c: _repel(_rule_text(c)), method="stego"),
 ]}
+
+
+def axes_method(axes) -> str:
+    """The one method a sweep's axes vary (a sweep cannot mix methods)."""
+    methods = {AXES[a].method for a in axes}
+    if len(methods) != 1:
+        raise ConfigError(f"a sweep varies one method; axes {sorted(axes)} belong to {sorted(methods)}")
+    return methods.pop()
 
 
 def axis_title(axis: str) -> str:
@@ -159,6 +198,8 @@ class Point:
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, tuple):  # a STEGO rule
+        return "-".join(f"{round(v * 100):d}" for v in value)
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
@@ -196,7 +237,7 @@ DEFAULT = "default"
 
 def point_config(cfg: Config, point: Point, runs_dir: str | Path, sweep_name: str) -> Config:
     """The point's configuration: the base with the axis' parameters changed, in ``runs_dir``/``sweep_name``/
-    <label>; a point that changes nothing is the shared default point, in ``runs_dir``/default."""
+    <label>; an ACSeg point that changes nothing is the shared default point, in ``runs_dir``/default."""
     overrides: dict[str, Any] = {}
     for name, value in zip(point.axes, point.values):
         overrides.update(AXES[name].overrides(value, cfg))
@@ -204,7 +245,8 @@ def point_config(cfg: Config, point: Point, runs_dir: str | Path, sweep_name: st
         changed = with_overrides(cfg, overrides)
     except ConfigError as e:
         raise ConfigError(f"ablation point {point.label}: {e}") from None
-    folder = DEFAULT if changed.to_dict() == cfg.to_dict() else f"{sweep_name}/{point.label}"
+    shared = changed.to_dict() == cfg.to_dict() and axes_method(point.axes) == "acseg"
+    folder = DEFAULT if shared else f"{sweep_name}/{point.label}"
     return with_overrides(changed, {"run.runs_dir": str(Path(runs_dir) / folder)})
 
 
@@ -213,23 +255,23 @@ def budget(cfg: Config) -> Config:
     return with_overrides(cfg, {"acseg.train.steps": cfg.ablations.train_steps})
 
 
-ROW_COLUMNS = ["dataset", "split", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
+ROW_COLUMNS = ["dataset", "split", "method", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
                "final_loss", "steps_per_second", "torch_threads", "train_steps", "backbone", "weights",
                "feature_type", "resolution", "crf", "config_hash", "run"]
 
 
-def run_point(cfg: Config, seed: int, progress: bool = True) -> dict:
-    """Train and evaluate ACSeg at one point and seed (features extracted once if missing); reuse earlier
-    metrics of exactly this config."""
+def run_point(cfg: Config, seed: int, progress: bool = True, method: str = "acseg") -> dict:
+    """Train and evaluate a method (ACSeg by default) at one point and seed (features extracted once if missing);
+    reuse earlier metrics of exactly this config."""
     from bench.runs import run_evaluate, run_features, run_train
 
-    metrics = finished(cfg, "acseg", seed)
+    metrics = finished(cfg, method, seed)
     if metrics is not None:
         return metrics
     for split in _splits(cfg):
         run_features(cfg, split, progress=progress)
-    run_train(cfg, "acseg", seed, progress=progress)
-    return run_evaluate(cfg, "acseg", seed, progress=progress)
+    run_train(cfg, method, seed, progress=progress)
+    return run_evaluate(cfg, method, seed, progress=progress)
 
 
 def finished(cfg: Config, method: str, seed: int) -> dict | None:
@@ -269,11 +311,12 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
 
     executor = executor or Executor("local", jobs)
     name = name or "+".join(axes)
+    method = axes_method(axes)
     points = grid(axes, cfg)
     configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
     cluster.warn_about_tracking(executor, cfg.run.tracking_uri)
     runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
-    results: dict[int, dict] = {i: m for i, (_, c, seed) in enumerate(runs) if (m := finished(c, "acseg", seed))}
+    results: dict[int, dict] = {i: m for i, (_, c, seed) in enumerate(runs) if (m := finished(c, method, seed))}
     todo = [i for i in range(len(runs)) if i not in results]
     if results:
         echo(f"{name}: {len(results)} of {len(runs)} runs already done (same config), {len(todo)} to run")
@@ -284,16 +327,17 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
         needed = {_feature_key(runs[i][1]): runs[i][1] for i in todo}.values()
         cluster.extract_features(executor, [(c, split) for c in needed for split in _splits(c)], feature_shards,
                                  progress, echo)
-        tasks = [cluster.Task(run_point, (c, seed, progress and executor.kind == "local" and executor.jobs <= 1),
+        tasks = [cluster.Task(run_point, (c, seed, progress and executor.kind == "local" and executor.jobs <= 1, method),
                               f"{point.label} seed {seed}", (c.data.dataset,))
                  for point, c, seed in (runs[i] for i in todo)]
         results.update(zip(todo, cluster.run_tasks(executor, tasks, f"ablate-{name}", parent_id, echo)))
         rows = []
         for i, (point, point_cfg, seed) in enumerate(runs):
             m = results[i]
+            steps = point_cfg.acseg.train.steps if method == "acseg" else getattr(point_cfg, method).steps
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
-                         "seed": seed, "train_steps": point_cfg.acseg.train.steps,
-                         "run": str(run_dir(point_cfg, "acseg", seed)), **_training(point_cfg, seed)})
+                         "seed": seed, "train_steps": steps, "run": str(run_dir(point_cfg, method, seed)),
+                         **_training(point_cfg, seed, method)})
             echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,
                                                  "final_loss": 4, "steps_per_second": 2})
@@ -339,10 +383,10 @@ def collect_ablations(cfg: Config) -> Path:
     return Path(plan.out_csv)
 
 
-def _training(cfg: Config, seed: int) -> dict:
+def _training(cfg: Config, seed: int, method: str = "acseg") -> dict:
     from bench.runs import run_dir
 
-    path = run_dir(cfg, "acseg", seed) / "train_summary.json"
+    path = run_dir(cfg, method, seed) / "train_summary.json"
     if not path.is_file():
         return {}
     summary = json.loads(path.read_text())

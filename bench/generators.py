@@ -44,9 +44,10 @@ from acseg.generators import (acg_concepts, adaptive_kmeans_concepts, kmeans_con
                               spectral_concepts)
 from acseg.metrics import ConfusionAccumulator, hungarian_miou
 from acseg.retrieval import majority_classes, region_class_counts, retrieval_accuracy
-from bench.config import Config
+from bench.config import Config, ConfigError
 from bench.features import CachedFeatures
 from bench.config import GeneratorsConfig
+from bench.registry import Registry
 from bench.stats import format_p, format_summary, summarise, welch
 
 log = logging.getLogger(__name__)
@@ -81,20 +82,9 @@ class ConceptGenerator:
         raise NotImplementedError
 
 
-GENERATORS: dict[str, ConceptGenerator] = {}
-
-
-def register_generator(generator: ConceptGenerator) -> ConceptGenerator:
-    GENERATORS[generator.name] = generator
-    return generator
-
-
-def get_generator(name: str) -> ConceptGenerator:
-    if name not in GENERATORS:
-        from bench.config import ConfigError
-
-        raise ConfigError(f"unknown concept generator {name!r}; known: {sorted(GENERATORS)}")
-    return GENERATORS[name]
+GENERATORS: Registry[ConceptGenerator] = Registry("concept generator", ConfigError)
+register_generator = GENERATORS.register
+get_generator = GENERATORS.lookup
 
 
 def _or_prototypes(value: int, cfg: Config) -> int:

@@ -269,9 +269,10 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
             lines += [f"![concepts per image, {title}](figures/{concepts.name})", ""]
     if inputs.ablations is not None and not inputs.ablations.empty:
         a = inputs.ablations
-        lines += [f"## Ablations (ACSeg, {dataset_title(a.dataset.iloc[0])} {a.split.iloc[0]})", "",
-                  "Each table's first row is the default point; * marks a mean that differs from it at p < 0.05 "
-                  "(Welch).", ""]
+        lines += [f"## Ablations ({dataset_title(a.dataset.iloc[0])} {a.split.iloc[0]})", "",
+                  "ACSeg's choices, each trained for the ablations' budget, and STEGO's calibration rule. Each "
+                  "table's first row is the default point; * marks a mean that differs from it at p < 0.05 (Welch).",
+                  ""]
         for axis, table in axis_tables(a).items():
             lines += [f"### {axis_title(axis)}", "", _md(table), ""]
         for fig in (figure_prototypes(a, figures / "prototypes.png"),

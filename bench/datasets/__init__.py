@@ -16,6 +16,7 @@ so the config can consult the registry cheaply.
 from __future__ import annotations
 
 from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent
+from bench.registry import Registry
 from bench.datasets.camvid import CAMVID
 from bench.datasets.cityscapes import CITYSCAPES27
 from bench.datasets.cocostuff import COCOSTUFF27
@@ -23,20 +24,11 @@ from bench.datasets.folder import FOLDER
 from bench.datasets.stanford_background import STANFORD_BACKGROUND
 from bench.datasets.voc import VOC2012
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (CAMVID, STANFORD_BACKGROUND, VOC2012, COCOSTUFF27,
-                                                                 CITYSCAPES27, FOLDER)}
-
-
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Add (or replace) a dataset under its name."""
-    DATASETS[spec.name] = spec
-    return spec
-
-
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; available: {sorted(DATASETS)} (see `acseg-bench datasets`)")
-    return DATASETS[name]
+DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetError, "see `acseg-bench datasets`")
+for _spec in (CAMVID, STANFORD_BACKGROUND, VOC2012, COCOSTUFF27, CITYSCAPES27, FOLDER):
+    DATASETS.register(_spec)
+register_dataset = DATASETS.register
+get_spec = DATASETS.lookup
 
 
 __all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Sample", "SplitAbsent", "get_spec", "register_dataset"]

@@ -168,6 +168,16 @@ def _digest(path: Path, h, chunk: int) -> str:
     return h.hexdigest()
 
 
+def read_sha256_manifest(path: Path) -> dict[str, str]:
+    """A ``sha256sum``-style manifest ("<sha256>  <relative path>" lines) -> {relative path: sha256}."""
+    entries = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            entries[rel.strip()] = digest
+    return entries
+
+
 def sha256_text(lines: list[str]) -> str:
     return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
 

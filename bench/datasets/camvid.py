@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent, sha256_file
+from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent, read_sha256_manifest, sha256_file
 
 MANIFESTS = Path(__file__).parents[1] / "manifests"
 
@@ -27,12 +27,7 @@ class ManifestDataset(DatasetSpec):
 
     def read_manifest(self) -> dict[str, str]:
         """relative path -> sha256."""
-        entries = {}
-        for line in (MANIFESTS / self.manifest).read_text().splitlines():
-            if line.strip():
-                digest, rel = line.split(maxsplit=1)
-                entries[rel.strip()] = digest
-        return entries
+        return read_sha256_manifest(MANIFESTS / self.manifest)
 
     def split_files(self, split: str) -> list[str]:
         """Sorted image file names of a split, from the manifest (the authority on what a split contains)."""

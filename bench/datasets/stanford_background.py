@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets.base import (Archive, DatasetError, DatasetSpec, Sample, download_archive, extract_members,
-                                 read_id_list, sha256_file)
+                                 read_id_list, read_sha256_manifest, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,7 @@ class StanfordBackground(DatasetSpec):
 
     # ---- what a split holds
     def read_manifest(self) -> dict[str, str]:
-        entries = {}
-        for line in (MANIFESTS / self.manifest).read_text().splitlines():
-            if line.strip():
-                digest, rel = line.split(maxsplit=1)
-                entries[rel.strip()] = digest
-        return entries
+        return read_sha256_manifest(MANIFESTS / self.manifest)
 
     def ids(self, split: str) -> list[str]:
         self.check_split(split)

@@ -15,23 +15,13 @@ it is fitted, how its saved state is rebuilt, how it predicts segment scores and
 from __future__ import annotations
 
 from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged
+from bench.config import ConfigError
+from bench.registry import Registry
 
 
-METHODS: dict[str, Method] = {}
-
-
-def register_method(method: Method) -> Method:
-    """Add (or replace) a method under its name; returns it (usable as a class decorator's result)."""
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        from bench.config import ConfigError
-
-        raise ConfigError(f"unknown method {name!r}; known: {sorted(METHODS)} (see `acseg-bench methods`)")
-    return METHODS[name]
+METHODS: Registry[Method] = Registry("method", ConfigError, "see `acseg-bench methods`")
+register_method = METHODS.register
+get_method = METHODS.lookup
 
 
 from bench.methods import acseg, dsm, kmeans, stego  # noqa: E402,F401  (each registers itself)

@@ -7,7 +7,7 @@ Three registered methods read this module, each with its own params section (a c
 | --- | --- | --- |
 | ``stego`` | ``stego.shifts`` (calibrated by default) | the cluster probe, as published |
 | ``stego_kmeans`` | the same training (the trained head is cached, so it is trained once) | k-means on the trained codes of the cluster split, restarts chosen by inertia |
-| ``stego_published`` | the published shifts (``shift_self/knn/rand``, conf/stego) | the cluster probe |
+| ``stego_published`` | the published shifts (``shift_self/knn/rand``, conf/stego) on raw features: STEGO's recipe | the cluster probe |
 
 Differences from STEGO's own code, all on purpose: training reads the feature cache (full images at the benchmark's
 resolution, no five-crops), points are sampled at patch centres unless ``sampling: continuous`` (then bilinearly,
@@ -253,8 +253,8 @@ def split_codes(model: StegoSegmenter, feats: CachedFeatures, device: torch.devi
 class StegoMethod(Method):
     """One STEGO variant: its params section (``self.name``), where its shifts come from, its readout."""
 
-    def __init__(self, name: str, title: str, readout: str, published: bool = False):
-        self.name, self.title, self.readout, self.published = name, title, readout, published
+    def __init__(self, name: str, title: str, readout: str):
+        self.name, self.title, self.readout = name, title, readout
 
     def section(self, cfg: Config) -> StegoConfig:
         return getattr(cfg, self.name)
@@ -263,7 +263,7 @@ class StegoMethod(Method):
         s = self.section(cfg)
         train = load_features(cfg, cfg.data.train_split)
         knn = knn_table(pooled_features(train), s.knn)  # each image's nearest images: STEGO's positives
-        mode = "published" if self.published else s.shifts
+        mode = s.shifts
         summary: dict[str, Any] = {"shifts_mode": mode}
         if mode == "calibrated":
             record = calibration(cfg, s, train, PointSampler(train, feature_mean(train, s.centre),
@@ -322,4 +322,4 @@ class StegoMethod(Method):
 
 register_method(StegoMethod("stego", "STEGO (calibrated shifts)", "probe"))
 register_method(StegoMethod("stego_kmeans", "STEGO (calibrated shifts), k-means readout", "kmeans"))
-register_method(StegoMethod("stego_published", "STEGO (published COCO-Stuff shifts)", "probe", published=True))
+register_method(StegoMethod("stego_published", "STEGO (published COCO-Stuff shifts)", "probe"))

@@ -200,3 +200,21 @@ def test_a_crop_size_off_the_patch_grid_is_a_clear_error(workdir):  # noqa: F811
     result = runner.invoke(app, ["ablate", "--classifier", "crops", "--seeds", "0", "--quiet", "--runs-dir",
                                  "runs/abl", "-s", "acseg.classifier.crop_size=50"])
     assert result.exit_code != 0 and "acseg.classifier.crop_size=50: must be a multiple of the patch size 14" in result.output
+
+
+def test_a_stego_rule_sweep_varies_stegos_calibration_and_trains_stego():
+    from bench.ablate import axes_method
+
+    cfg = make_config(tiny=False)
+    axes = parse_axes({"stego_rule": "50-50-80,70-70-90"})
+    points = grid(axes, cfg)
+    assert [p.value for p in points] == ["50-50-80", "70-70-90"] and axes_method(axes) == "stego"
+    point = point_config(cfg, points[0], "runs/ablations", "stego_rule")
+    assert (point.stego.repel_self, point.stego.repel_knn, point.stego.repel_rand) == (0.5, 0.5, 0.8)
+    assert point.run.runs_dir == "runs/ablations/stego_rule/stego_rule=50-50-80"
+    default = point_config(cfg, points[1], "runs/ablations", "stego_rule")
+    assert default.run.runs_dir == "runs/ablations/stego_rule/stego_rule=70-70-90"  # not ACSeg's shared default
+    with pytest.raises(ConfigError, match="a sweep varies one method"):
+        axes_method(parse_axes({"stego_rule": "50-50-80", "prototypes": "5"}))
+    with pytest.raises(ConfigError, match="not three percentages"):
+        parse_axes({"stego_rule": "70-90"})

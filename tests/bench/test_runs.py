@@ -64,7 +64,7 @@ def test_train_threads_zero_keeps_the_process_count(tmp_path, synthetic_dataset,
 
 def test_train_threads_is_part_of_the_configuration():
     base = load_config(PARAMS, environment={})
-    assert base.run.train_threads == 1
-    assert base.hash() != load_config(PARAMS, overrides=["run.train_threads=2"], environment={}).hash()
+    assert base.run.train_threads == 2
+    assert base.hash() != load_config(PARAMS, overrides=["run.train_threads=1"], environment={}).hash()
     with pytest.raises(ConfigError, match=r"run\.train_threads=-1.*greater than or equal to 0"):
         load_config(PARAMS, overrides=["run.train_threads=-1"], environment={})
