@@ -717,6 +717,41 @@ def measure_evaluation(cfg: Config, feats: CachedFeatures, device: torch.device,
                     f"{cfg.crf.workers or os.cpu_count()} process(es) (crf.workers={cfg.crf.workers})")]
 
 
+def measure_crf_stage(cfg: Config, feats: CachedFeatures, device: torch.device, images: int = 8) -> list[Measure]:
+    """The CRF stage before and after its one pass: the trained runs of benchmark.crf_methods x seeds (those
+    present) refined on the same first images, one evaluation per run (each image's CRF kernels built again for
+    every run, as the stage did) against one pass over all of them (the kernels built once per image and label
+    count). The confusion matrices are the same either way (tests/bench/test_evaluate.py); none if fewer than two
+    runs are trained."""
+    from bench.evaluate import evaluate_all
+    from bench.methods import get_method
+    from bench.runs import load_fitted, run_dir
+
+    runs = [(m, s) for m in cfg.benchmark.crf_methods for s in cfg.benchmark.seeds
+            if (run_dir(cfg, m, s) / "model.pt").is_file()]
+    if len(runs) < 2:
+        return []
+    feats = first_images(feats, min(images, len(feats)))
+    spec, dataset = _eval_inputs(cfg, cfg.data.eval_split)
+    split = cfg.data.eval_split
+    predictors = {run: get_method(run[0]).predictor(cfg, *load_fitted(cfg, *run, device), device, split)
+                  for run in runs}
+    k = {run: get_method(run[0]).n_clusters(cfg) for run in runs}
+    kwargs = dict(progress=False, crf=cfg.crf.params(), read_image=dataset.read_image, crf_alpha=cfg.crf.alpha,
+                  crf_workers=cfg.crf.workers)
+    log.info("perf: the CRF stage on %d images x %d runs, one evaluation per run and one pass", len(feats), len(runs))
+    each = seconds(lambda: [evaluate_all({r: p}, feats, spec, dataset.read_label, {r: k[r]}, device, **kwargs)
+                            for r, p in predictors.items()], device)
+    one = seconds(lambda: evaluate_all(predictors, feats, spec, dataset.read_label, k, device, **kwargs), device)
+    where = (f"the {len(runs)} trained runs of benchmark.crf_methods x seeds on the first {len(feats)} {split} images, "
+             f"crf.workers={cfg.crf.workers}")
+    per_run = Measure("crf_stage_per_run_s_per_image", each / len(feats), "s",
+                      f"{where}: one evaluation per run (the kernels built for every run), seconds per image")
+    one_pass = Measure("crf_stage_one_pass_s_per_image", one / len(feats), "s",
+                       f"{where}: one pass (the kernels built once per image and label count), seconds per image")
+    return [per_run, one_pass, ratio("crf_stage_one_pass_speedup", per_run, one_pass)]
+
+
 def _status_mb(*fields: str) -> dict[str, float]:
     """Fields of /proc/self/status (Linux; empty elsewhere) in MB: VmHWM (peak resident), RssAnon, RssFile."""
     try:
@@ -856,6 +891,7 @@ def run_suite(cfg: Config, images: int = 24, memory_images: int = 150, steps: in
         from bench.methods.acseg import ACSegPredictor
 
         rows += measure_evaluation(cfg, evaluated, device, min_seconds, source, ACSegPredictor(model))
+        rows += measure_crf_stage(cfg, evaluated, device)
         rows += measure_eval_memory(cfg, train, memory_images)
         from bench.generators import generator_perf_rows
 
