@@ -139,7 +139,8 @@ def classifier_ceiling(cfg, model, cluster, evaluated, spec, seed: int, device) 
     """mIoU of the model's concept classifier on ground-truth partitions (see the module's docstring)."""
     c, cc = spec.n_classes, cfg.acseg.classifier
     train_emb, train_sizes, _ = _ground_truth_regions(model, *cluster, spec, device)
-    k = c - int(model.background)
+    # a cluster split with fewer ground-truth regions than classes (a handful of images) gets one class per region
+    k = min(c - int(model.background), train_emb.shape[0])
     fitted = fit_concept_classifier(train_emb, k, seed=seed, cosine=cc.cosine, iters=cc.iters, n_init=cc.n_init,
                                     weights=train_sizes if cc.weighted else None)
     eval_emb, _, per_image = _ground_truth_regions(model, *evaluated, spec, device)

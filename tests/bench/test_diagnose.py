@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bench.diagnose import hard_modularity, majority_relabel
@@ -16,9 +17,11 @@ def test_true_partition_has_higher_modularity():
     assert hard_modularity(x, labels) > hard_modularity(x, torch.randint(0, 3, (30,), generator=g)) + 0.3
 
 
-def test_the_classifier_ceiling_is_100_on_perfectly_separable_regions():
+@pytest.mark.parametrize("n_classes, cluster_images", [(3, 6), (5, 1)])
+def test_the_classifier_ceiling_is_100_on_perfectly_separable_regions(n_classes, cluster_images):
     """Every class has its own feature direction: the classifier fitted on the ground-truth regions of one split
-    classifies those of another perfectly."""
+    classifies those of another perfectly; also when the cluster split holds fewer regions (3, one image) than
+    the dataset has classes (5): one class per region then."""
     import numpy as np
 
     from bench.datasets.base import DatasetSpec
@@ -28,7 +31,7 @@ def test_the_classifier_ceiling_is_100_on_perfectly_separable_regions():
     from tests.conftest import make_config
 
     cfg = make_config(**{"acseg.classifier.n_init": 3})
-    spec = DatasetSpec(name="toy", title="toy", class_names=("a", "b", "c"), ignore_index=255, splits={},
+    spec = DatasetSpec(name="toy", title="toy", class_names=("a", "b", "c", "d", "e")[:n_classes], ignore_index=255, splits={},
                        how_to_get="")
     g = torch.Generator().manual_seed(0)
     directions = torch.eye(3, 16) * 5
@@ -49,6 +52,6 @@ def test_the_classifier_ceiling_is_100_on_perfectly_separable_regions():
                                list(labels), {})
         return feats, labels.__getitem__
 
-    model = build_model(cfg, 16, 3)
-    ceiling = classifier_ceiling(cfg, model, split(6, 0), split(3, 1), spec, seed=0, device=torch.device("cpu"))
+    model = build_model(cfg, 16, n_classes)
+    ceiling = classifier_ceiling(cfg, model, split(cluster_images, 0), split(3, 1), spec, seed=0, device=torch.device("cpu"))
     assert ceiling == 100.0
