@@ -226,10 +226,15 @@ def grid(axes: dict[str, list[Any]], base: Config | None = None) -> list[Point]:
     names = tuple(axes)
     points = [Point(names, combo) for combo in itertools.product(*axes.values())]
     if base is not None:
-        own = Point(names, tuple(AXES[a].current(base) for a in names))
+        own = default_point(axes, base)
         if own not in points:
             points.insert(0, own)
     return points
+
+
+def default_point(axes: dict[str, list[Any]], base: Config) -> Point:
+    """The base configuration's own point on these axes (the reference row of their table)."""
+    return Point(tuple(axes), tuple(AXES[a].current(base) for a in axes))
 
 
 DEFAULT = "default"
@@ -255,7 +260,7 @@ def budget(cfg: Config) -> Config:
     return with_overrides(cfg, {"acseg.train.steps": cfg.ablations.train_steps})
 
 
-ROW_COLUMNS = ["dataset", "split", "method", "axis", "value", "seed", "miou", "acc", "concepts_per_image_mean",
+ROW_COLUMNS = ["dataset", "split", "method", "axis", "value", "default", "seed", "miou", "acc", "concepts_per_image_mean",
                "final_loss", "steps_per_second", "torch_threads", "train_steps", "backbone", "weights",
                "feature_type", "resolution", "crf", "config_hash", "run"]
 
@@ -313,6 +318,7 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     name = name or "+".join(axes)
     method = axes_method(axes)
     points = grid(axes, cfg)
+    own = default_point(axes, cfg)
     configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
     cluster.warn_about_tracking(executor, cfg.run.tracking_uri)
     runs = [(point, c, seed) for point, c in zip(points, configs) for seed in seeds]
@@ -336,7 +342,7 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
             m = results[i]
             steps = point_cfg.acseg.train.steps if method == "acseg" else getattr(point_cfg, method).steps
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
-                         "seed": seed, "train_steps": steps, "run": str(run_dir(point_cfg, method, seed)),
+                         "default": point == own, "seed": seed, "train_steps": steps, "run": str(run_dir(point_cfg, method, seed)),
                          **_training(point_cfg, seed, method)})
             echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,

@@ -113,19 +113,17 @@ def diagnose(cfg, model, feats, spec, read_label, device, seed: int = 0, progres
     return report
 
 
-def _ground_truth_regions(model, feats, read_label, spec, device):
+def ground_truth_regions(embed, feats, read_label, spec, device):
     """Region embeddings [M, d], sizes [M] and, per image, (its partition [n], its region rows, grid, labels) of the
-    ground-truth partitions of a split, embedded as the model's classifier embeds concepts."""
+    ground-truth partitions of a split. ``embed``: cached features [1, h, w, d] -> the pixels [1, n, d] whose mean
+    embeds a region (the model's own, or any other feature type, raw or centred)."""
     c = spec.n_classes
     embeddings, sizes, per_image = [], [], []
     for i, name in enumerate(feats.names):
         labels = torch.from_numpy(read_label(name))
         f = feats.take([i]).features.to(device)
         part = patch_majority(labels, tuple(f.shape[1:3]), c, spec.ignore_index)
-        x = model.prepare(f)
-        if model.raw_regions:
-            x = x + model.feature_mean
-        emb, count = region_embeddings(x, part[None].to(device), c + 1)
+        emb, count = region_embeddings(embed(f), part[None].to(device), c + 1)
         keep = (count[0] > 0) & (torch.arange(c + 1, device=device) < c)  # the all-void group is no region
         rows = torch.full((c + 1,), -1, dtype=torch.long)
         rows[keep.cpu()] = torch.arange(int(keep.sum())) + sum(len(e) for e in embeddings)
@@ -135,20 +133,40 @@ def _ground_truth_regions(model, feats, read_label, spec, device):
     return torch.cat(embeddings), torch.cat(sizes), per_image
 
 
-def classifier_ceiling(cfg, model, cluster, evaluated, spec, seed: int, device) -> float:
-    """mIoU of the model's concept classifier on ground-truth partitions (see the module's docstring)."""
-    c, cc = spec.n_classes, cfg.acseg.classifier
-    train_emb, train_sizes, _ = _ground_truth_regions(model, *cluster, spec, device)
-    # a cluster split with fewer ground-truth regions than classes (a handful of images) gets one class per region
-    k = min(c - int(model.background), train_emb.shape[0])
-    fitted = fit_concept_classifier(train_emb, k, seed=seed, cosine=cc.cosine, iters=cc.iters, n_init=cc.n_init,
-                                    weights=train_sizes if cc.weighted else None)
-    eval_emb, _, per_image = _ground_truth_regions(model, *evaluated, spec, device)
-    classes = classify_concepts(eval_emb, fitted.centroids, cc.cosine)
-    confusion = ConfusionAccumulator(k, c, spec.ignore_index)
+def model_embedding(model):
+    """How the model's concept classifier embeds a region: the mean of its prepared (centred) pixels, or of the raw
+    features (``raw_regions``)."""
+    def embed(f):
+        x = model.prepare(f)
+        return x + model.feature_mean if model.raw_regions else x
+    return embed
+
+
+def ceiling_miou(cluster_regions, evaluated_regions, spec, k: int, seed: int, cosine: bool = True, iters: int = 100,
+                 n_init: int = 1, weighted: bool = False) -> float:
+    """mIoU of a concept classifier (k-means into ``k`` classes over the region embeddings of the cluster split)
+    applied to the regions of the evaluated split, every pixel taking its region's class. Regions: the output of
+    :func:`ground_truth_regions`. A cluster split with fewer regions than ``k`` (a handful of images) gets one class
+    per region."""
+    train_emb, train_sizes, _ = cluster_regions
+    eval_emb, _, per_image = evaluated_regions
+    k = min(k, train_emb.shape[0])
+    fitted = fit_concept_classifier(train_emb, k, seed=seed, cosine=cosine, iters=iters, n_init=n_init,
+                                    weights=train_sizes if weighted else None)
+    classes = classify_concepts(eval_emb, fitted.centroids, cosine)
+    confusion = ConfusionAccumulator(k, spec.n_classes, spec.ignore_index)
     for part, rows, grid, labels in per_image:
         region_class = torch.where(rows >= 0, classes[rows.clamp_min(0)], 0)
         patch_class = region_class[part].reshape(1, 1, *grid).float()
         pixels = F.interpolate(patch_class, size=tuple(labels.shape), mode="nearest")[0, 0].long()
         confusion.update(pixels, labels)
     return hungarian_miou(confusion.matrix.numpy()).miou
+
+
+def classifier_ceiling(cfg, model, cluster, evaluated, spec, seed: int, device) -> float:
+    """mIoU of the model's concept classifier on ground-truth partitions (see the module's docstring)."""
+    cc, embed = cfg.acseg.classifier, model_embedding(model)
+    return ceiling_miou(ground_truth_regions(embed, *cluster, spec, device),
+                        ground_truth_regions(embed, *evaluated, spec, device), spec,
+                        spec.n_classes - int(model.background), seed, cosine=cc.cosine, iters=cc.iters,
+                        n_init=cc.n_init, weighted=cc.weighted)

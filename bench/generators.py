@@ -420,8 +420,8 @@ def concept_claim(df: pd.DataFrame, reference: str = "acg", measure: str = "retr
     return (f"On {here}, the paper's concept claim (ACSeg's adaptive concepts are better than per-image clustering: "
             f"on VOC, retrieval top-1 57.8 against k-means 45.1 and spectral clustering 43.0) {verdict}: ACSeg's "
             f"concepts reach {name} {mine['mean']:.1f} %, the best per-image baseline "
-            f"({generator_title(strongest.generator)}) {strongest['mean']:.1f} % (difference "
-            f"{-strongest.difference:+.1f} in ACSeg's favour, Welch p {format_p(strongest.p_value)}). Through the same "
+            f"({generator_title(strongest.generator)}) {strongest['mean']:.1f} % (ACSeg "
+            f"{-strongest.difference:+.1f} points from it, Welch p {format_p(strongest.p_value)}). Through the same "
             f"classifier the mIoU is {versus('miou')}; the oracle mIoU (partition quality) {versus('oracle_miou')}. "
             f"The concept step runs at " + ", ".join(f"{v:.1f} images/s for {generator_title(g)}"
                                                      for g, v in speed.items())

@@ -105,12 +105,16 @@ def axis_tables(ablations: pd.DataFrame) -> dict[str, pd.DataFrame]:
     tables = {}
     for axis, g in ablations.groupby("axis", sort=False):
         values = list(dict.fromkeys(g.value))
-        reference = g[g.value == values[0]].miou.tolist()  # the default point comes first in every sweep
+        # the default point: flagged by the sweep (`default`), else the first (sweeps put it first when it is not
+        # one of their values)
+        flagged = g[g["default"].astype(bool)].value if "default" in g else ()
+        default = flagged.iloc[0] if len(flagged) else values[0]
+        reference = g[g.value == default].miou.tolist()
         rows = []
         for value in values:
             v = g[g.value == value]
             s = summarise(v.miou.tolist())
-            versus = welch(v.miou.tolist(), reference) if value != values[0] else None
+            versus = welch(v.miou.tolist(), reference) if value != default else None
             mark = "*" if versus is not None and versus.significant else ""
             rows.append({axis_title(axis): value, "mIoU (%)": format_summary(s) + mark, "95% CI": format_ci(s),
                          "vs default": f"{versus.difference:+.2f}" if versus else "(default)",
@@ -270,8 +274,9 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     if inputs.ablations is not None and not inputs.ablations.empty:
         a = inputs.ablations
         lines += [f"## Ablations ({dataset_title(a.dataset.iloc[0])} {a.split.iloc[0]})", "",
-                  "ACSeg's choices, each trained for the ablations' budget, and STEGO's calibration rule. Each "
-                  "table's first row is the default point; * marks a mean that differs from it at p < 0.05 (Welch).",
+                  "ACSeg's choices, each trained for the ablations' budget, and STEGO's calibration rule. In each "
+                  "table the default point (the params' own value) says (default); * marks a mean that differs "
+                  "from it at p < 0.05 (Welch).",
                   ""]
         for axis, table in axis_tables(a).items():
             lines += [f"### {axis_title(axis)}", "", _md(table), ""]

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Wall time of the whole pipeline, for `acseg-bench perf` (rows dvc_repro_cold_s and dvc_repro_warm_s):
-#   cold: the feature cache deleted, then `dvc repro --force` (every stage runs, features included);
+#   cold: the caches deleted (features, STEGO's calibrations and trained heads), then `dvc repro --force` (every
+#   stage runs, features included);
 #   warm: right after, `dvc repro` with nothing changed (every output and cache present: nothing to run).
 # Writes reports/repro_timing.json {cold_s, warm_s, commit, date, command}; `acseg-bench perf` copies it into
 # reports/performance.{csv,md}, and every stage's own wall time to reports/repro_stages.csv (from the log). Run
-# from the repository root with the environment of the README. It deletes cache/features (the cold run makes it
-# again).
+# from the repository root with the environment of the README. It deletes cache/ (the cold run makes it again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=reports/repro_timing.json
@@ -13,7 +13,7 @@ commit=$(git rev-parse HEAD)
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then commit="$commit-dirty"; fi
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-rm -rf cache/features
+rm -rf cache
 start=$(date +%s.%N)
 dvc repro --force 2>&1 | python -u -c '
 import sys, time
@@ -43,7 +43,7 @@ from pathlib import Path
 
 out, cold, warm, commit, date = sys.argv[1:]
 record = {"cold_s": float(cold), "warm_s": float(warm), "commit": commit, "date": date,
-          "command": "bash pipelines/time_repro.sh (rm -rf cache/features; time dvc repro --force; "
+          "command": "bash pipelines/time_repro.sh (rm -rf cache; time dvc repro --force; "
                      "time dvc repro)", "cpu": open("/proc/cpuinfo").read().split("model name")[1].split(":")[1]
                      .splitlines()[0].strip()}
 path = Path(out)

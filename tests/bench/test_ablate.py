@@ -88,6 +88,7 @@ def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypa
     df = pd.read_csv(workdir / "reports/ablations.csv")
     assert {"dataset", "split", "axis", "value", "seed", "miou", "acc"} <= set(df.columns)
     assert len(df) == 6 and set(df.axis) == {"prototypes"} and sorted(set(df.value)) == [2, 3, 4]  # 4: default
+    assert set(df[df["default"]].value) == {4}  # flagged for the report, which compares every value with it
     assert df.miou.between(0, 100).all() and (df.split == "val").all()
     assert (df.train_steps == load_config("params.yaml").ablations.train_steps).all()
     assert (df.dataset == "camvid_mini").all()

@@ -72,3 +72,15 @@ def test_report_builds_from_csvs_with_tables_figures_and_provenance(tmp_path):
         png = tmp_path / "figures" / f"{name}.png"
         assert png.stat().st_size > 5000, name
         assert f"figures/{name}.png" in text
+
+
+def test_each_ablation_table_compares_with_the_flagged_default_point_wherever_it_sits():
+    """k=10 is the default and comes last in its sweep: the other values are compared with it, not with the first."""
+    from bench.report import axis_tables
+
+    a = _ablations().assign(default=lambda d: (d.axis == "prototypes") & (d.value == 10))
+    a.loc[a.axis == "loss", "default"] = a.value == "modularity"
+    table = axis_tables(a)["prototypes"].set_index("number of prototypes k")
+    assert table.loc[10, "vs default"] == "(default)" and table.loc[2, "vs default"] == "-8.00"
+    assert table.loc[2, "mIoU (%)"].endswith("*")  # 2, 3, 4 against 10, 11, 12
+    assert axis_tables(a.drop(columns="default"))["prototypes"].iloc[0]["vs default"] == "(default)"
