@@ -1,7 +1,7 @@
 """Named sets of configurations run side by side on val: each variant is a method with parameter overrides, trained
 and evaluated for every dataset and seed of its set by the pipeline's own steps, in a runs folder of its own. The
 sets live in pipelines/variants.yaml (every configuration tried beyond the ablation sweeps, with why); rows go to
-reports/variants/<set>.csv, a figure of every seed to reports/figures/variants_<set>.png, and the printout gives
+reports/variants/<set>.csv, a figure of every seed to reports/variants/<set>.png, and the printout gives
 each variant's mean +- std, its 95 % CI and Welch's p against the set's reference variant.
 
     python pipelines/variants.py SET [--dataset D ...] [--variant NAME ...] [--seeds 0,1,2]
@@ -85,11 +85,11 @@ def main() -> None:
             versus = welch(v.miou.tolist(), base) if name != reference and base else None
             print(f"  {name}: {s.mean:.2f} +- {s.std:.2f} {format_ci(s)}"
                   + (f", vs {reference} {versus.difference:+.2f} (p {format_p(versus.p_value)})" if versus else ""))
-    figure(df, args.set)
-    print(f"-> {out}, reports/figures/variants_{args.set}.png")
+    figure(df, args.set, out.with_suffix(".png"))
+    print(f"-> {out}, {out.with_suffix('.png')}")
 
 
-def figure(df: pd.DataFrame, name: str) -> None:
+def figure(df: pd.DataFrame, name: str, path: Path) -> None:
     """mIoU of every variant and seed, one panel per dataset (each seed its own marker, means as bars)."""
     from bench.figures import pyplot
 
@@ -109,8 +109,6 @@ def figure(df: pd.DataFrame, name: str) -> None:
         ax.set_title(f"{name}: {dataset}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path("reports/figures") / f"variants_{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
