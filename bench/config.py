@@ -258,6 +258,8 @@ class RunConfig(Section):
     runs_dir: str = Field(description="run folders: <runs_dir>/<dataset>/<method>/seed<N>/", json_schema_extra=LOCATION)
     results_csv: str = Field(description="one row per evaluated run", json_schema_extra=LOCATION)
     tracking_uri: str | None = location("the MLflow store; None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    track: bool = Field(description="log every run to MLflow; false: the run folders only (they hold everything "
+                                    "MLflow gets)", json_schema_extra=LOCATION)  # where records go, never a result
     experiment: str = Field(description="MLflow experiment", json_schema_extra=LOCATION)
 
     @field_validator("device")

@@ -88,6 +88,8 @@ def _use(cfg: Config):
 def ensure_experiment(cfg: Config) -> None:
     """Create the config's MLflow experiment now (before jobs on other nodes log to it); a store that cannot be
     reached costs a warning."""
+    if not cfg.run.track:
+        return
     try:
         _use(cfg)
     except Exception as e:  # noqa: BLE001 (tracking must never cost a result)
@@ -103,7 +105,10 @@ def log_run(
     artifacts: list[Path] | None = None,
     params: dict[str, Any] | None = None,
 ) -> str | None:
-    """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id."""
+    """One MLflow run with params (the whole config), metrics, step series, tags and files. Returns its id (None
+    with ``run.track: false``, or when the store fails)."""
+    if not cfg.run.track:
+        return None
     try:
         mlflow = _use(cfg)
         nested = mlflow.active_run() is not None
@@ -131,6 +136,9 @@ def log_run(
 def parent_run(cfg: Config, run_name: str, params: dict[str, Any]) -> Iterator[str | None]:
     """An MLflow parent run (a sweep): every run logged inside the block is nested in it. If MLflow is
     unavailable the block still runs (its results are on disk regardless)."""
+    if not cfg.run.track:
+        yield None
+        return
     run = None
     try:
         mlflow = _use(cfg)

@@ -26,9 +26,11 @@ PARAMS = ROOT / "params.yaml"
 TINY = {
     "acseg.depth": 1, "acseg.width": 32, "acseg.heads": 2, "acseg.mlp_width": 64,
     "acseg.train.steps": 5, "acseg.train.batch_size": 2, "acseg.train.warmup_steps": 1, "acseg.train.log_every": 1,
+    # k-means restarts: the defaults (50 for ACSeg's classifier) cost most of a tiny run; tests of restarts set theirs
+    "acseg.classifier.n_init": 2, "kmeans.n_init": 2, "dsm.n_init": 2, "dsm.segment_n_init": 2,
     **{f"{method}.{key}": value for method in ("stego", "stego_kmeans", "stego_published")  # one STEGO training
        for key, value in {"steps": 5, "batch_size": 2, "knn": 2, "knn_draw": 2, "feature_samples": 3,
-                          "neg_samples": 1, "log_every": 1, "calibration_batches": 2}.items()},
+                          "neg_samples": 1, "log_every": 1, "calibration_batches": 2, "kmeans_n_init": 2}.items()},
     "ablations.sweeps": {"loss": {"loss": ["soft_modularity"]}, "feature": {"feature": ["keys"]}},
     "ablations.train_steps": 5, "ablations.jobs": 1,
 }

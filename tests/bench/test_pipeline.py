@@ -34,11 +34,11 @@ def workdir(tmp_path, monkeypatch, mini_camvid):
     params["features"].update(height=112, width=154, cache_dir=str(tmp_path.parent / "shared-cache"))
     params["acseg"].update(prototypes=4, depth=1, width=32, heads=2, mlp_width=64)
     params["acseg"]["train"].update(steps=6, batch_size=2, warmup_steps=1, log_every=2, pixel_samples=64)
-    params["acseg"]["classifier"].update(n_classes=4)
-    params["kmeans"].update(k=4, max_points=5000)
+    params["acseg"]["classifier"].update(n_classes=4, n_init=2)  # restarts: 2, not the default's 50
+    params["kmeans"].update(k=4, max_points=5000, n_init=2)
     for section in ("stego", "stego_kmeans", "stego_published"):
         params[section].update(knn=3, knn_draw=2, steps=4, batch_size=4, feature_samples=3, neg_samples=2, log_every=2,
-                               calibration_batches=2)
+                               calibration_batches=2, kmeans_n_init=2)
     params["run"].update(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     params["ablations"].update(train_steps=6, jobs=1)
     monkeypatch.chdir(tmp_path)

@@ -39,11 +39,11 @@ acseg:
   classifier: {n_init: 1}
 kmeans: {n_init: 1}
 stego: {steps: 5, batch_size: 2, knn: 2, knn_draw: 2, feature_samples: 3, neg_samples: 1, log_every: 1,
-        calibration_batches: 2}
+        calibration_batches: 2, kmeans_n_init: 1}
 dsm: {segment_n_init: 1, n_init: 1}
 generators: {names: [acg, kmeans]}
 ablations: {train_steps: 5, jobs: 1, sweeps: {prototypes: {prototypes: [8]}}}
-run: {device: cpu}
+run: {device: cpu, track: false}  # MLflow costs ~4 s a stage; tests/bench/test_pipeline.py and test_cluster.py track
 """
 
 

@@ -1,0 +1,128 @@
+"""Where a float-rounding difference grows in ACSeg (issue 19, item 3): the same seed trained on 1 and on 2 torch
+threads (another order of float sums, as on another processor), in float32 and in float64, watched step by step.
+
+For each precision: the generator's parameters after every ``--every`` steps of both trainings, as the relative
+distance ||theta_1 - theta_2|| / ||theta_2||; after training, the share of val patches whose concept differs between
+the two generators; and, the generator held fixed (the 2-thread one), the share of the cluster split's concept
+regions that the classifier's k-means puts in another class when it runs on 1 thread instead of 2 (classes matched
+by the Hungarian method). Rows to reports/variants/thread_divergence.csv, the curves to
+reports/variants/thread_divergence.png.
+
+    python pipelines/thread_divergence.py [--dataset camvid] [--seed 0] [--every 5]
+
+Run from the repository root after `dvc repro` (it reads the feature cache). About 4 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+
+def flat_parameters(model) -> "torch.Tensor":
+    import torch
+
+    return torch.cat([p.detach().double().flatten() for p in model.parameters() if p.requires_grad])
+
+
+def matched_disagreement(a, b, k: int) -> float:
+    """Share of items whose class differs between two labellings once their class ids are matched (Hungarian)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (a.numpy(), b.numpy()), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return 1.0 - counts[rows, cols].sum() / len(a)
+
+
+def main() -> None:
+    import torch
+
+    from acseg.assignment import hard_assignment
+    from acseg.classifier import fit_concept_classifier
+    from bench.config import load_config
+    from bench.data import atomic_path
+    from bench.features import load_features
+    from bench.methods import get_method
+    from bench.methods.acseg import PRECISION, collect_regions, train_generator
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="camvid")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--every", type=int, default=5, help="steps between parameter snapshots")
+    parser.add_argument("--out", default="reports/variants/thread_divergence.csv")
+    args = parser.parse_args()
+    device, rows, before = torch.device("cpu"), [], torch.get_num_threads()
+    for precision in ("float32", "float64"):
+        cfg = load_config("params.yaml", dataset=args.dataset, overrides=[f"acseg.train.precision={precision}"])
+        train, cluster = load_features(cfg, cfg.data.train_split), load_features(cfg, cfg.data.cluster_split)
+        val = load_features(cfg, cfg.data.eval_split)
+        k = get_method("acseg").n_clusters(cfg)
+        snapshots, models = {}, {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            taken = snapshots[threads] = {}
+
+            def observe(step, model, taken=taken):
+                if step % args.every == 0 or step == 1:
+                    taken[step] = flat_parameters(model)
+
+            models[threads], _ = train_generator(cfg, args.seed, train, k, device, progress=False, observe=observe)
+        torch.set_num_threads(before)
+        for step, theta in snapshots[2].items():
+            rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": step,
+                         "relative_difference": ((snapshots[1][step] - theta).norm() / theta.norm()).item()})
+        with torch.no_grad():  # the concept of every val patch under each generator (same prototype slots)
+            concepts = [torch.cat([hard_assignment(models[t].regions(images.features)[2]).flatten()
+                                   for start in range(0, len(val), 16)
+                                   for images in val.groups(range(start, min(start + 16, len(val))))])
+                        for t in (1, 2)]
+        patch_share = (concepts[0] != concepts[1]).double().mean().item()
+        regions, _ = collect_regions(models[2], cluster, device)
+        labels = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            c = cfg.acseg.classifier
+            labels[threads] = fit_concept_classifier(regions, k, seed=args.seed, cosine=c.cosine, iters=c.iters,
+                                                     n_init=c.n_init, dtype=PRECISION[precision]).labels
+        torch.set_num_threads(before)
+        region_share = matched_disagreement(labels[1], labels[2], k)
+        last = rows[-1]["relative_difference"]
+        rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "val_patches",
+                     "relative_difference": patch_share})
+        rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "classifier_regions",
+                     "relative_difference": region_share})
+        print(f"{args.dataset} {precision} seed {args.seed}: parameters {last:.2e} apart after training; "
+              f"{100 * patch_share:.2f} % of val patches in another concept; the classifier alone (same generator) "
+              f"puts {100 * region_share:.2f} % of {len(regions)} regions in another class", flush=True)
+    df = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    figure(df, out.with_suffix(".png"))
+    print(f"-> {out}, {out.with_suffix('.png')}")
+
+
+def figure(df: pd.DataFrame, path: Path) -> None:
+    from bench.figures import pyplot
+
+    plt = pyplot()
+    curves = df[pd.to_numeric(df.step, errors="coerce").notna()].astype({"step": int})
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for precision, d in curves.groupby("precision"):
+        ax.semilogy(d.step, d.relative_difference.clip(lower=1e-18), marker=".", label=precision)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("||theta(1 thread) - theta(2)|| / ||theta||")
+    ax.set_title(f"{df.dataset.iloc[0]}, seed {df.seed.iloc[0]}: 1 vs 2 training threads", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
