@@ -3,7 +3,7 @@ threads (another order of float sums, as on another processor), in float32 and i
 
 For each precision: the generator's parameters after every ``--every`` steps of both trainings, as the relative
 distance ||theta_1 - theta_2|| / ||theta_2||; after training, the share of val patches whose concept differs between
-the two generators; and, the generator held fixed (the 2-thread one), the share of the cluster split's concept
+the two generators (by prototype slot, and by partition: slots matched per image); and, the generator held fixed (the 2-thread one), the share of the cluster split's concept
 regions that the classifier's k-means puts in another class when it runs on 1 thread instead of 2 (classes matched
 by the Hungarian method). Rows to reports/variants/thread_divergence.csv, the curves to
 reports/variants/thread_divergence.png.
@@ -16,15 +16,38 @@ Run from the repository root after `dvc repro` (it reads the feature cache). Abo
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
 
-def flat_parameters(model) -> "torch.Tensor":
+def flat_parameters(optimizer) -> "torch.Tensor":
     import torch
 
-    return torch.cat([p.detach().double().flatten() for p in model.parameters() if p.requires_grad])
+    return torch.cat([p.detach().double().flatten() for group in optimizer.param_groups for p in group["params"]])
+
+
+@contextmanager
+def snapshots(every: int) -> Iterator[dict[int, "torch.Tensor"]]:
+    """The trained parameters after step 1 and every ``every`` steps of the training inside the block (torch's global
+    optimizer hook: the training code is untouched)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    taken: dict[int, "torch.Tensor"] = {}
+    steps = [0]
+
+    def hook(optimizer, args, kwargs):
+        steps[0] += 1
+        if steps[0] % every == 0 or steps[0] == 1:
+            taken[steps[0]] = flat_parameters(optimizer)
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield taken
+    finally:
+        handle.remove()
 
 
 def matched_disagreement(a, b, k: int) -> float:
@@ -61,26 +84,25 @@ def main() -> None:
         train, cluster = load_features(cfg, cfg.data.train_split), load_features(cfg, cfg.data.cluster_split)
         val = load_features(cfg, cfg.data.eval_split)
         k = get_method("acseg").n_clusters(cfg)
-        snapshots, models = {}, {}
+        taken, models = {}, {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            taken = snapshots[threads] = {}
-
-            def observe(step, model, taken=taken):
-                if step % args.every == 0 or step == 1:
-                    taken[step] = flat_parameters(model)
-
-            models[threads], _ = train_generator(cfg, args.seed, train, k, device, progress=False, observe=observe)
+            with snapshots(args.every) as taken[threads]:
+                models[threads], _ = train_generator(cfg, args.seed, train, k, device, progress=False)
         torch.set_num_threads(before)
-        for step, theta in snapshots[2].items():
+        for step, theta in taken[2].items():
             rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": step,
-                         "relative_difference": ((snapshots[1][step] - theta).norm() / theta.norm()).item()})
-        with torch.no_grad():  # the concept of every val patch under each generator (same prototype slots)
-            concepts = [torch.cat([hard_assignment(models[t].regions(images.features)[2]).flatten()
-                                   for start in range(0, len(val), 16)
-                                   for images in val.groups(range(start, min(start + 16, len(val))))])
+                         "relative_difference": ((taken[1][step] - theta).norm() / theta.norm()).item()})
+        with torch.no_grad():  # the concepts of every val image under each generator
+            concepts = [[c for start in range(0, len(val), 16)
+                         for images in val.groups(range(start, min(start + 16, len(val))))
+                         for c in hard_assignment(models[t].regions(images.features)[2]).flatten(1)]
                         for t in (1, 2)]
-        patch_share = (concepts[0] != concepts[1]).double().mean().item()
+        patches = sum(len(c) for c in concepts[0])
+        # the same prototype slot, and the same partition whatever the slots are called (matched per image)
+        patch_share = sum(int((a != b).sum()) for a, b in zip(*concepts)) / patches
+        partition_share = sum(matched_disagreement(a, b, cfg.acseg.prototypes) * len(a)
+                              for a, b in zip(*concepts)) / patches
         regions, _ = collect_regions(models[2], cluster, device)
         labels = {}
         for threads in (1, 2):
@@ -93,10 +115,13 @@ def main() -> None:
         last = rows[-1]["relative_difference"]
         rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "val_patches",
                      "relative_difference": patch_share})
+        rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "val_partitions",
+                     "relative_difference": partition_share})
         rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "classifier_regions",
                      "relative_difference": region_share})
         print(f"{args.dataset} {precision} seed {args.seed}: parameters {last:.2e} apart after training; "
-              f"{100 * patch_share:.2f} % of val patches in another concept; the classifier alone (same generator) "
+              f"{100 * patch_share:.2f} % of val patches in another concept slot, {100 * partition_share:.2f} % in "
+              f"another part of their image's partition (slots matched per image); the classifier alone (same generator) "
               f"puts {100 * region_share:.2f} % of {len(regions)} regions in another class", flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)

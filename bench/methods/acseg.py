@@ -140,10 +140,8 @@ class GraphFeatures:
 
 
 def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, device: torch.device,
-                    progress: bool = True, observe: Callable[[int, ACSeg], None] | None = None
-                    ) -> tuple[ACSeg, History]:
-    """The concept generator's training: batches of images, the loss on (a sample of) their pixels, AdamW.
-    ``observe(step, model)`` is called after every optimiser step (diagnostics; it must not touch the model)."""
+                    progress: bool = True) -> tuple[ACSeg, History]:
+    """The concept generator's training: batches of images, the loss on (a sample of) their pixels, AdamW."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     check_finite(train)
@@ -181,8 +179,6 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
-        if observe is not None:
-            observe(step + 1, model)
         if step % t.log_every == 0 or step == t.steps - 1:
             history.log({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg)})
     return model.float(), history.stop()  # inference in float32 whatever the training's precision
