@@ -368,7 +368,9 @@ def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Pa
                      f"{st.w_self}/{st.w_knn}/{st.w_rand}; `stego` and `stego_kmeans` (one training, two readouts) with "
                      f"shifts {st.shifts} (repel fractions {st.repel_self}/{st.repel_knn}/{st.repel_rand} of the "
                      f"sampled pairs), `stego_published` with the published shifts {st.shift_self}/{st.shift_knn}/"
-                     f"{st.shift_rand}; last step kept; no setting of it was chosen with labels")
+                     f"{st.shift_rand}; last step kept; one setting was chosen with val labels, by an earlier session "
+                     "on CamVid val: centring the features (`stego.centre`; re-measured in the README, "
+                     "`pipelines/variants.py stego_details`); no setting was chosen with test labels")
     if "dsm" in set(results.method):
         d = cfg.dsm
         notes.append(f"Deep Spectral Methods: {d.eigenvectors} eigenvectors of the normalised Laplacian of max(0, cos) "
