@@ -178,12 +178,25 @@ def _slurm_executor(executor: Executor, name: str, parallelism: int, dependency:
     return ex, folder
 
 
+def _warn_about_threads(cpus_per_task: int, tasks: list[Task]) -> None:
+    """A task that trains on more torch threads than the CPUs Slurm gives it oversubscribes them: measured here,
+    2 threads on 1 CPU made a 4-step training take 20-60 s instead of 2. ``run.train_threads`` is part of a
+    configuration (it changes results), so it is never lowered behind the user's back: they are told."""
+    from bench.config import Config
+
+    wanted = max((a.run.train_threads for t in tasks for a in t.args if isinstance(a, Config)), default=0)
+    if wanted > cpus_per_task:
+        log.warning("run.train_threads=%d but --cpus-per-task %d: each task's training oversubscribes its CPUs "
+                    "and runs many times slower; ask for --cpus-per-task %d", wanted, cpus_per_task, wanted)
+
+
 def submit(executor: Executor, tasks: list[Task], name: str, parent_run_id: str | None = None,
            parallelism: int | None = None, dependency: str | None = None,
            echo: Callable[[str], None] = print) -> list[Submitted]:
     """Submit ``tasks`` as one Slurm job array (one plain job when there is one task); nothing is waited for."""
     ex, folder = _slurm_executor(executor, name, parallelism or executor.jobs, dependency)
     specs = _specs(tasks)
+    _warn_about_threads(executor.slurm.cpus_per_task, tasks)
     try:
         jobs = ex.map_array(_on_node, tasks, [executor.slurm.cpus_per_task] * len(tasks), [specs] * len(tasks),
                             [parent_run_id] * len(tasks))

@@ -68,6 +68,17 @@ def test_the_config_hash_leaves_out_where_things_are(tmp_path, synthetic_dataset
     assert make_config(tmp_path, root, **{"features.height": 28}).hash() != a.hash()  # what is computed still counts
 
 
+def test_training_threads_beyond_the_cpus_of_a_task_are_named_before_submitting(tmp_path, synthetic_dataset, caplog):
+    from bench.cluster import Task, _warn_about_threads
+
+    _, root = synthetic_dataset
+    tasks = [Task(print, (make_config(tmp_path, root, **{"run.train_threads": 2}), 0), "point")]
+    _warn_about_threads(2, tasks)
+    assert not caplog.records
+    _warn_about_threads(1, tasks)
+    assert "run.train_threads=2 but --cpus-per-task 1" in caplog.text and "--cpus-per-task 2" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------- shards
 
 
@@ -211,7 +222,9 @@ def on_cluster(cluster, shared, synthetic_dataset, monkeypatch):
     for key, value in slurm.env().items():
         monkeypatch.setenv(key, value)  # sbatch, sacct, squeue (submitit's calls) find this cluster
     monkeypatch.chdir(shared)
-    overrides = {"features.batch_size": 1, "run.tracking_uri": server.uri, "run.experiment": "cluster-test"}
+    # one training thread: a task gets 1 CPU (--cpus-per-task 1), and 2 threads on 1 CPU run many times slower
+    overrides = {"features.batch_size": 1, "run.tracking_uri": server.uri, "run.experiment": "cluster-test",
+                 "run.train_threads": 1}
     return slurm, server, root, overrides
 
 
