@@ -5,8 +5,7 @@ For each precision: the generator's parameters after every ``--every`` steps of 
 distance ||theta_1 - theta_2|| / ||theta_2||; after training, the share of val patches whose concept differs between
 the two generators (by prototype slot, and by partition: slots matched per image); and, the generator held fixed (the 2-thread one), the share of the cluster split's concept
 regions that the classifier's k-means puts in another class when it runs on 1 thread instead of 2 (classes matched
-by the Hungarian method). Rows to reports/variants/thread_divergence.csv, the curves to
-reports/variants/thread_divergence.png.
+by the Hungarian method). Rows to reports/variants/thread_divergence_<dataset>.csv, the curves beside them (.png).
 
     python pipelines/thread_divergence.py [--dataset camvid] [--seed 0] [--every 5]
 
@@ -76,7 +75,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="camvid")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=5, help="steps between parameter snapshots")
-    parser.add_argument("--out", default="reports/variants/thread_divergence.csv")
+    parser.add_argument("--out", help="default: reports/variants/thread_divergence_<dataset>.csv")
     args = parser.parse_args()
     device, rows, before = torch.device("cpu"), [], torch.get_num_threads()
     for precision in ("float32", "float64"):
@@ -124,7 +123,7 @@ def main() -> None:
               f"another part of their image's partition (slots matched per image); the classifier alone (same generator) "
               f"puts {100 * region_share:.2f} % of {len(regions)} regions in another class", flush=True)
     df = pd.DataFrame(rows)
-    out = Path(args.out)
+    out = Path(args.out or f"reports/variants/thread_divergence_{args.dataset}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
