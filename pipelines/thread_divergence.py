@@ -50,14 +50,14 @@ def snapshots(every: int) -> Iterator[dict[int, "torch.Tensor"]]:
 
 
 def matched_disagreement(a, b, k: int) -> float:
-    """Share of items whose class differs between two labellings once their class ids are matched (Hungarian)."""
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
+    """Share of items whose class differs between two labellings once their class ids are matched one-to-one (the
+    evaluation's own Hungarian matching, on their confusion matrix)."""
+    from acseg.metrics import confusion_matrix, hungarian_match
 
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (a.numpy(), b.numpy()), 1)
-    rows, cols = linear_sum_assignment(-counts)
-    return 1.0 - counts[rows, cols].sum() / len(a)
+    counts = confusion_matrix(a, b, k, k, ignore_index=-1).numpy()
+    mapping = hungarian_match(counts)
+    matched = sum(counts[i, j] for i, j in enumerate(mapping) if j >= 0)
+    return 1.0 - matched / len(a)
 
 
 def main() -> None:
@@ -65,11 +65,12 @@ def main() -> None:
 
     from acseg.assignment import hard_assignment
     from acseg.classifier import fit_concept_classifier
-    from bench.config import load_config
+    from bench.config import load_config, with_overrides
     from bench.data import atomic_path
     from bench.features import load_features
     from bench.methods import get_method
     from bench.methods.acseg import PRECISION, collect_regions, train_generator
+    from bench.runs import training_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="camvid")
@@ -77,18 +78,17 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="steps between parameter snapshots")
     parser.add_argument("--out", help="default: reports/variants/thread_divergence_<dataset>.csv")
     args = parser.parse_args()
-    device, rows, before = torch.device("cpu"), [], torch.get_num_threads()
+    device, rows = torch.device("cpu"), []
     for precision in ("float32", "float64"):
         cfg = load_config("params.yaml", dataset=args.dataset, overrides=[f"acseg.train.precision={precision}"])
         train, cluster = load_features(cfg, cfg.data.train_split), load_features(cfg, cfg.data.cluster_split)
         val = load_features(cfg, cfg.data.eval_split)
         k = get_method("acseg").n_clusters(cfg)
+        on = {threads: with_overrides(cfg, {"run.train_threads": threads}) for threads in (1, 2)}
         taken, models = {}, {}
         for threads in (1, 2):
-            torch.set_num_threads(threads)
-            with snapshots(args.every) as taken[threads]:
+            with training_threads(on[threads]), snapshots(args.every) as taken[threads]:
                 models[threads], _ = train_generator(cfg, args.seed, train, k, device, progress=False)
-        torch.set_num_threads(before)
         for step, theta in taken[2].items():
             rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": step,
                          "relative_difference": ((taken[1][step] - theta).norm() / theta.norm()).item()})
@@ -103,13 +103,11 @@ def main() -> None:
         partition_share = sum(matched_disagreement(a, b, cfg.acseg.prototypes) * len(a)
                               for a, b in zip(*concepts)) / patches
         regions, _ = collect_regions(models[2], cluster, device)
-        labels = {}
+        labels, c = {}, cfg.acseg.classifier
         for threads in (1, 2):
-            torch.set_num_threads(threads)
-            c = cfg.acseg.classifier
-            labels[threads] = fit_concept_classifier(regions, k, seed=args.seed, cosine=c.cosine, iters=c.iters,
-                                                     n_init=c.n_init, dtype=PRECISION[precision]).labels
-        torch.set_num_threads(before)
+            with training_threads(on[threads]):
+                labels[threads] = fit_concept_classifier(regions, k, seed=args.seed, cosine=c.cosine, iters=c.iters,
+                                                         n_init=c.n_init, dtype=PRECISION[precision]).labels
         region_share = matched_disagreement(labels[1], labels[2], k)
         last = rows[-1]["relative_difference"]
         rows.append({"dataset": args.dataset, "precision": precision, "seed": args.seed, "step": "val_patches",
