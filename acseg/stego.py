@@ -180,3 +180,17 @@ def knn_table(pooled: torch.Tensor, k: int = 30, chunk: int = 1024) -> torch.Ten
         sims[torch.arange(len(own)), own] = -float("inf")
         rows.append(sims.topk(k, dim=-1).indices)
     return torch.cat(rows)
+
+
+FIVE_CROPS = ("top_left", "top_right", "bottom_left", "bottom_right", "centre")
+
+
+def five_crop_boxes(height: int, width: int, ratio: float) -> list[tuple[int, int, int, int]]:
+    """STEGO's training views of an image: its four corners and its centre, each ``ratio`` of the image's height
+    and width, as (top, left, height, width) in the order of :data:`FIVE_CROPS`. Each crop is later resized to the
+    backbone's input size, so the views see the scene at 1/ratio times the whole image's resolution."""
+    if not 0 < ratio < 1:
+        raise ValueError(f"five-crop ratio {ratio}: must be between 0 and 1 (a crop is a part of the image)")
+    h, w = max(1, round(height * ratio)), max(1, round(width * ratio))
+    return [(0, 0, h, w), (0, width - w, h, w), (height - h, 0, h, w), (height - h, width - w, h, w),
+            ((height - h) // 2, (width - w) // 2, h, w)]

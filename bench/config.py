@@ -49,6 +49,12 @@ def speed(description: str = "") -> Any:
     return Field(description=description, json_schema_extra=SPEED)
 
 
+# An option added after results exist, at the value that reproduces them (its neutral value), stays out of the
+# identity: every stored result keeps its hash, and any other value makes a configuration of its own.
+def added_option(neutral: Any, description: str, **constraints: Any) -> Any:
+    return Field(neutral, description=description, json_schema_extra={"neutral": neutral}, **constraints)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -106,6 +112,10 @@ class TrainConfig(Section):
         description="the generator trains (and the classifier's k-means runs) in this precision; float64 keeps "
                     "float-rounding differences (another thread count, another processor) from growing into "
                     "other concepts")
+    average_last: float = added_option(
+        0.0, "0: keep the last step's weights; 0 < f <= 1: the uniform average of the weights after each of the last "
+             "f of the steps (stochastic weight averaging), so that the result does not hang on where the last "
+             "steps happened to land", ge=0, le=1)
 
 
 class ClassifierConfig(Section):
@@ -207,6 +217,14 @@ class StegoConfig(Section):
     sampling: Literal["patches", "continuous"] = Field(
         description="points at patch centres, or at continuous coordinates read bilinearly (STEGO's own)")
     correlation_dropout: bool = Field(description="F from the features after the head's dropout (STEGO's own code)")
+    five_crop_ratio: float = added_option(
+        0.0, "0: train on the training split's whole images (the feature cache's); 0 < r < 1: on five crops of each "
+             "(its four corners and centre, each r of its height and width, re-encoded at the features' input size: "
+             "STEGO's own training views, r = 0.5 there)", ge=0, lt=1)
+    five_crop_zoom: bool = added_option(
+        True, "five crops: true: each crop resized to the features' input size (the scene seen 1/r times larger than "
+              "in the whole images it is evaluated on, as STEGO trains); false: each crop keeps the whole image's "
+              "scale (r of its input size)")
     probe_reseed_every: int = Field(ge=0, description="steps between re-seeding probe centroids that won no point "
                                                        "(0: never)")
     kmeans_n_init: int = Field(ge=1, description="the k-means readout of the codes: restarts, lowest inertia wins")
@@ -440,7 +458,7 @@ class Config(Section):
     # ---- identity
     def to_dict(self) -> dict[str, Any]:
         """The configuration's identity: every option that can change a result (no plan, locations or speed)."""
-        return {name: _identity(getattr(self, name)) for name in type(self).model_fields if name not in PLAN_SECTIONS}
+        return {name: identity(getattr(self, name)) for name in type(self).model_fields if name not in PLAN_SECTIONS}
 
     def flat(self) -> dict[str, Any]:
         """``section.field -> value`` of every option (as logged to MLflow)."""
@@ -453,14 +471,19 @@ class Config(Section):
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _identity(value: Any) -> Any:
+def identity(value: Any) -> Any:
+    """A section's options that can change a result (no locations, no speed settings, no added option at its
+    neutral value), nested as dicts."""
     if not isinstance(value, BaseModel):
         return value
     out = {}
     for name, info in type(value).model_fields.items():
-        if (info.json_schema_extra or {}).get("role") in ("location", "speed"):
+        extra = info.json_schema_extra or {}
+        if extra.get("role") in ("location", "speed"):
             continue
-        out[name] = _identity(getattr(value, name))
+        if "neutral" in extra and getattr(value, name) == extra["neutral"]:
+            continue
+        out[name] = identity(getattr(value, name))
     return out
 
 

@@ -270,6 +270,88 @@ def _publish(cfg: Config, split: str, types: list[str], tensors: dict[str, torch
                           {**meta, "weights_sha256": checksum, "names": names})
 
 
+# -------------------------------------------------------------------------------------------- five crops
+#
+# STEGO's optional training views (stego.five_crop_ratio): the four corners and the centre of every image of a
+# split, each resized to the backbone's input size and encoded like a whole image. They are an entry of their own,
+# cached under the view's name (``<split>+five_crop_<ratio>``, beside the split's folder, not inside the features
+# stage's output), with only the configured feature type: 5x the split's extraction, made on first use by the
+# method that needs it.
+
+
+def five_crop_view(split: str, ratio: float, zoom: bool = True) -> str:
+    """The cache's name for the five crops of ``split``'s images at ``ratio`` (``zoom``: resized to the input size,
+    else at the whole image's scale)."""
+    return f"{split}+five_crop_{ratio:g}{'' if zoom else '_image_scale'}"
+
+
+class FiveCropSplit(torch.utils.data.Dataset):
+    """Every image of a split as its five crops (:func:`acseg.stego.five_crop_boxes`), in order: image 0's five,
+    then image 1's; each crop resized by ``size`` (a function of the crop's own height and width), named
+    ``<image>#<crop>``."""
+
+    def __init__(self, images: SegmentationSplit, ratio: float, size):
+        from acseg.stego import FIVE_CROPS
+
+        self.images, self.ratio, self.size = images, ratio, size
+        self.names = [f"{name}#{crop}" for name in images.names for crop in FIVE_CROPS]
+        self._last: tuple[int, torch.Tensor] | None = None  # one decode serves an image's five consecutive crops
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, j: int):
+        from acseg.stego import five_crop_boxes
+        from bench.data import resize_image
+
+        i, crop = divmod(j, 5)
+        if self._last is None or self._last[0] != i:
+            self._last = (i, self.images[i][0])
+        image = self._last[1]
+        top, left, h, w = five_crop_boxes(*image.shape[1:], self.ratio)[crop]
+        return resize_image(image[:, top:top + h, left:left + w], self.size((h, w))), torch.empty(0), self.names[j]
+
+
+def _five_crop_entry(cfg: Config, split: str, ratio: float, zoom: bool) -> tuple[Path, dict]:
+    view = five_crop_view(split, ratio, zoom)
+    key = {"split": split, "ratio": ratio, **({} if zoom else {"zoom": False})}
+    return cache.cache_dir(cfg, view), {**cache.expected_meta(cfg, view), "five_crop": key}
+
+
+def five_crop_input_size(crop_hw: tuple[int, int], cfg: Config, patch: int, ratio: float,
+                         zoom: bool) -> tuple[int, int]:
+    """The backbone's input size for a crop: the features' input size (``zoom``), or ``ratio`` of its whole image's
+    input size in whole patches (the crop then keeps the whole image's scale)."""
+    if zoom:
+        return input_size(crop_hw, cfg, patch)
+    whole = input_size((round(crop_hw[0] / ratio), round(crop_hw[1] / ratio)), cfg, patch)
+    return max(patch, round(whole[0] * ratio / patch) * patch), max(patch, round(whole[1] * ratio / patch) * patch)
+
+
+def five_crop_features(cfg: Config, split: str, ratio: float, zoom: bool = True,
+                       progress: bool = True) -> CachedFeatures:
+    """The five crops of ``split``'s images, encoded: read from the cache, extracted and atomically written first
+    when missing (nothing is cached from a dataset that fails its verification)."""
+    from bench.backbones import get_backbone_spec
+
+    path, meta = _five_crop_entry(cfg, split, ratio, zoom)
+    if not cache.is_valid(path, meta):
+        with cache.lock(path):
+            if not cache.is_valid(path, meta):
+                spec = dataset_spec(cfg)
+                root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
+                spec.verify(root)
+                patch = get_backbone_spec(cfg.backbone.name).patch_size
+                crops = FiveCropSplit(SegmentationSplit(spec, root, split, with_labels=False), ratio,
+                                      lambda hw: five_crop_input_size(hw, cfg, patch, ratio, zoom))
+                tensors, checksum = _forward(cfg, crops, range(len(crops)), [cfg.features.type], progress,
+                                             f"five crops {cfg.data.dataset}/{split}")
+                cache.write_entry(path, {"features": tensors[cfg.features.type], "cls_attention":
+                                         tensors["cls_attention"], "grids": tensors["grids"]},
+                                  {**meta, "weights_sha256": checksum, "names": crops.names})
+    return read_features(path)
+
+
 # ------------------------------------------------------------------------------------------------ shards
 #
 # A split's extraction cut into n shards (``acseg-bench features --shard i/n``), each a contiguous run of whole

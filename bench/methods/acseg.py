@@ -154,6 +154,9 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
     # the fused kernel (one pass over all parameters) is 4-5x faster than the per-tensor loop on a CPU
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
     history = History()
+    # acseg.train.average_last: from this step on, the weights after each step join a uniform average (SWA)
+    average_from = t.steps - max(1, round(t.average_last * t.steps)) if t.average_last else t.steps
+    averaged = None
     for step in tqdm(range(t.steps), desc="train acseg", disable=not progress, unit="step"):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -179,8 +182,16 @@ def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: in
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         opt.step()
+        if step >= average_from:
+            if averaged is None:
+                from torch.optim.swa_utils import AveragedModel
+
+                averaged = AveragedModel(model)
+            averaged.update_parameters(model)
         if step % t.log_every == 0 or step == t.steps - 1:
             history.log({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg)})
+    if averaged is not None:
+        model = averaged.module
     return model.float(), history.stop()  # inference in float32 whatever the training's precision
 
 

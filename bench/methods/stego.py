@@ -9,9 +9,10 @@ Three registered methods read this module, each with its own params section (a c
 | ``stego_kmeans`` | the same training (the trained head is cached, so it is trained once) | k-means on the trained codes of the cluster split, restarts chosen by inertia |
 | ``stego_published`` | the published shifts (``shift_self/knn/rand``, conf/stego) on raw features: STEGO's recipe | the cluster probe |
 
-Differences from STEGO's own code, all on purpose: training reads the feature cache (full images at the benchmark's
-resolution, no five-crops), points are sampled at patch centres unless ``sampling: continuous`` (then bilinearly,
-as STEGO does), the feature correlation uses the features before dropout unless ``correlation_dropout``, features
+Differences from STEGO's own code, all on purpose: training reads the feature cache (whole images at the
+benchmark's resolution) unless ``five_crop_ratio`` > 0 (then five crops of each training image, encoded once into
+an entry of their own, as STEGO trains; the k-NN positives and the calibration are then among the crops), points
+are sampled at patch centres unless ``sampling: continuous`` (then bilinearly, as STEGO does), the feature correlation uses the features before dropout unless ``correlation_dropout``, features
 may be centred (``centre``), the probe's dead centroids are re-seeded (``probe_reseed_every``), and the checkpoint is
 the last step (STEGO's keeps the best labelled-val mIoU: label leakage).
 """
@@ -31,9 +32,9 @@ from acseg.features import centred_pixels
 from acseg.kmeans import centroid_scores, kmeans
 from acseg.stego import (ClusterProbe, CorrespondenceWeights, SegmentationHead, bilinear_points, calibrated_shifts,
                          derangement, feature_correlation, knn_table, stego_loss)
-from bench.config import Config, StegoConfig
+from bench.config import Config, StegoConfig, identity
 from bench.data import atomic_path
-from bench.features import CachedFeatures, load_features
+from bench.features import CachedFeatures, five_crop_features, five_crop_view, load_features
 from bench.methods import register_method
 from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, feature_mean
 
@@ -140,7 +141,7 @@ def sampled_correlations(s: StegoConfig, points: PointSampler, knn: torch.Tensor
 def calibration(cfg: Config, s: StegoConfig, train: CachedFeatures, points: PointSampler, knn: torch.Tensor) -> dict:
     """The calibrated shifts of a feature cache entry: computed once (a fixed sample, seed 0) and cached beside the
     other STEGO caches; with the repel fractions they were made for, and each term's F statistics."""
-    key = {"features": cfg.hash("data", "backbone", "features"), "split": cfg.data.train_split,
+    key = {"features": cfg.hash("data", "backbone", "features"), "split": training_view(cfg, s),
            **{k: getattr(s, k) for k in ("repel_self", "repel_knn", "repel_rand", "calibration_batches", "pointwise",
                                          "feature_samples", "batch_size", "knn", "knn_draw", "neg_samples", "centre",
                                          "sampling")}}
@@ -157,6 +158,19 @@ def calibration(cfg: Config, s: StegoConfig, train: CachedFeatures, points: Poin
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info("STEGO shifts calibrated (repel %s): %s", repel, shifts)
     return record
+
+
+def training_view(cfg: Config, s: StegoConfig) -> str:
+    """What STEGO trains on: the training split, or its five crops."""
+    split = cfg.data.train_split
+    return five_crop_view(split, s.five_crop_ratio, s.five_crop_zoom) if s.five_crop_ratio else split
+
+
+def training_features(cfg: Config, s: StegoConfig, progress: bool = True) -> CachedFeatures:
+    """The training split's cached features, or its five crops (encoded on first use)."""
+    if s.five_crop_ratio:
+        return five_crop_features(cfg, cfg.data.train_split, s.five_crop_ratio, s.five_crop_zoom, progress)
+    return load_features(cfg, cfg.data.train_split)
 
 
 def stego_cache(cfg: Config) -> Path:
@@ -261,7 +275,7 @@ class StegoMethod(Method):
 
     def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
         s = self.section(cfg)
-        train = load_features(cfg, cfg.data.train_split)
+        train = training_features(cfg, s, progress)
         knn = knn_table(pooled_features(train), s.knn)  # each image's nearest images: STEGO's positives
         mode = s.shifts
         summary: dict[str, Any] = {"shifts_mode": mode}
@@ -274,7 +288,8 @@ class StegoMethod(Method):
             shifts = {"self": s.shift_self, "knn": s.shift_knn, "rand": s.shift_rand}
         k = self.n_clusters(cfg)
         model, history, diagnostics = self._trained(cfg, s, seed, train, knn, k, device, shifts, progress)
-        cluster = load_features(cfg, cfg.data.cluster_split) if cfg.data.cluster_split != cfg.data.train_split else train
+        same = cfg.data.cluster_split == cfg.data.train_split and not s.five_crop_ratio
+        cluster = train if same else load_features(cfg, cfg.data.cluster_split)
         codes = split_codes(model, cluster, device)
         probe_wins = model.probe.wins(codes.to(device)).cpu()
         result = kmeans(codes, k, seed=seed, iters=s.kmeans_iters, cosine=True, n_init=s.kmeans_n_init)
@@ -292,7 +307,7 @@ class StegoMethod(Method):
         """The trained head and probe, cached by everything that decides them (so stego and stego_kmeans, which
         share a training, train once)."""
         key = {"features": cfg.hash("data", "backbone", "features"), "train_split": cfg.data.train_split,
-               "stego": {f: v for f, v in s.model_dump().items() if not f.startswith("kmeans_")},
+               "stego": {f: v for f, v in identity(s).items() if not f.startswith("kmeans_")},
                "shifts": shifts, "seed": seed, "clusters": k, "threads": torch.get_num_threads(),
                "device": str(device)}
         path = stego_cache(cfg) / "heads" / f"{_digest(key)}.pt"

@@ -1,5 +1,6 @@
 """STEGO's pieces: the k-NN table, the correspondence loss, the head and the cluster probe."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -140,3 +141,14 @@ def test_bilinear_points_read_patch_centres_exactly():
     x, y = (3 + 0.5) / 5 * 2 - 1, (1 + 0.5) / 4 * 2 - 1
     out = bilinear_points(maps, torch.tensor([[[x, y]], [[x, y]]]))
     assert torch.allclose(out[:, 0], maps[:, :, 1, 3])
+
+
+def test_five_crop_boxes_are_the_four_corners_and_the_centre():
+    from acseg.stego import FIVE_CROPS, five_crop_boxes
+
+    boxes = five_crop_boxes(10, 21, 0.5)
+    assert len(boxes) == len(FIVE_CROPS) == 5
+    assert boxes == [(0, 0, 5, 10), (0, 11, 5, 10), (5, 0, 5, 10), (5, 11, 5, 10), (2, 5, 5, 10)]
+    for ratio in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="five-crop ratio"):
+            five_crop_boxes(10, 21, ratio)

@@ -45,3 +45,36 @@ def test_an_option_trains_and_evaluates(cached, options):
     assert model.class_centroids.shape[1] == (2 * 384 if wanted == "both" else 384) == facts["region_dim"]
     if wanted != cfg.features.type:
         assert set(facts["region_means"]) == ({"tokens", "keys"} if wanted == "both" else {wanted})
+
+
+def test_weight_averaging_returns_the_mean_of_the_last_steps_weights(cached):
+    """acseg.train.average_last: the model trained is the uniform average of the weights after each of the last
+    steps (here the last 2 of 4), and the last step's weights without it."""
+    import torch
+
+    from bench.features import load_features
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from bench.methods.acseg import train_generator
+
+    snapshots = []
+
+    def snapshot(optimizer, args, kwargs):
+        snapshots.append([p.detach().clone() for group in optimizer.param_groups for p in group["params"]])
+
+    results = {}
+    for average_last in (0.0, 0.5):
+        cfg = make_config("synthetic", **{**cached, "acseg.train.steps": 4, "acseg.train.average_last": average_last})
+        train = load_features(cfg, "train")
+        snapshots.clear()
+        handle = register_optimizer_step_post_hook(snapshot)
+        try:
+            model, _ = train_generator(cfg, 0, train, 3, torch.device("cpu"), progress=False)
+        finally:
+            handle.remove()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        results[average_last] = trained
+        assert len(snapshots) == 4
+        expected = snapshots[-1] if not average_last else [torch.stack(ps).mean(0) for ps in zip(*snapshots[-2:])]
+        assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(trained, expected))
+    assert any(not torch.equal(a, b) for a, b in zip(results[0.0], results[0.5]))

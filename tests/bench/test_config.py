@@ -72,6 +72,15 @@ def test_environment_only_sets_locations_and_locations_are_not_identity():
     assert load_config(PARAMS, overrides=["run.train_threads=1"], environment={}).hash() != plain.hash()
 
 
+def test_an_added_option_at_its_neutral_value_leaves_the_identity_alone():
+    plain = load_config(PARAMS, environment={})
+    assert plain.stego.five_crop_ratio == 0 and "five_crop_ratio" not in plain.to_dict()["stego"]
+    crops = load_config(PARAMS, overrides=["stego.five_crop_ratio=0.5"], environment={})
+    assert crops.to_dict()["stego"]["five_crop_ratio"] == 0.5 and crops.hash() != plain.hash()
+    with pytest.raises(ConfigError, match="five_crop_ratio"):
+        load_config(PARAMS, overrides=["stego.five_crop_ratio=1"], environment={})
+
+
 def test_overrides_are_typed_yaml():
     cfg = load_config(PARAMS, overrides=["acseg.prototypes=7", "acseg.self_attention=false", "benchmark.seeds=[0, 4]",
                                          "acseg.width=null"], environment={})

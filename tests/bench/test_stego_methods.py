@@ -90,3 +90,47 @@ def test_continuous_sampling_trains(tmp_path, synthetic_dataset, no_tracking, sa
     cfg = _config(tmp_path, root, **{"stego.sampling": sampling, "stego.correlation_dropout": True})
     write_features(cfg, "train", spec, root)
     run_train(cfg, "stego", 0, progress=False)
+
+
+def test_five_crop_training_encodes_each_images_crops_once_in_an_entry_of_their_own(
+        tmp_path, synthetic_dataset, no_tracking):  # noqa: F811
+    from bench import cache
+    from bench.data import SegmentationSplit, resize_image
+    from bench.features import FiveCropSplit, ensure_features, five_crop_features, five_crop_view
+    from bench.runs import run_dir, run_evaluate, run_train
+
+    spec, root = synthetic_dataset
+    cfg = _config(tmp_path, root, **{"stego.five_crop_ratio": 0.5})
+    for split in ("train", "val"):  # the crops are encoded by the config's (random) backbone: so are the splits
+        ensure_features(cfg, split, progress=False)
+    run_train(cfg, "stego", 0, progress=False)
+    summary = json.loads((run_dir(cfg, "stego", 0) / "train_summary.json").read_text())
+    assert summary["calibration"]["key"]["split"] == five_crop_view("train", 0.5) == "train+five_crop_0.5"
+    assert 0 <= run_evaluate(cfg, "stego", 0, progress=False)["miou"] <= 100
+
+    path = cache.cache_dir(cfg, five_crop_view("train", 0.5))
+    assert cache.read_meta(path)["five_crop"] == {"split": "train", "ratio": 0.5}
+    assert not path.is_relative_to(cache.weights_dir(cfg, "train"))  # not inside the features stage's output
+    crops = five_crop_features(cfg, "train", 0.5, progress=False)  # read back, not extracted again
+    names = [s.name for s in spec.samples(root, "train")]
+    assert len(crops) == 5 * len(names) and crops.names[:5] == [
+        f"{names[0]}#{c}" for c in ("top_left", "top_right", "bottom_left", "bottom_right", "centre")]
+
+    # a view is its crop of the image (56 x 70: halves of 28 x 35), resized to the backbone's input size
+    images = SegmentationSplit(spec, root, "train", with_labels=False)
+    views = FiveCropSplit(images, 0.5, lambda hw: (28, 42))
+    image = images[1][0]
+    assert torch.equal(views[5 + 4][0], resize_image(image[:, 14:42, 17:52], (28, 42)))
+    assert torch.equal(views[5 + 1][0], resize_image(image[:, 0:28, 35:70], (28, 42)))
+
+
+def test_five_crops_at_the_whole_images_scale_are_encoded_at_half_the_input_size(tmp_path, synthetic_dataset):
+    from bench.features import five_crop_features, five_crop_input_size
+
+    spec, root = synthetic_dataset
+    cfg = _config(tmp_path, root)  # a random ViT/14 at 56 x 70 (4 x 5 patches), the images' own size
+    assert five_crop_input_size((28, 35), cfg, 14, 0.5, zoom=True) == (56, 70)
+    assert five_crop_input_size((28, 35), cfg, 14, 0.5, zoom=False) == (28, 28)  # 2 x 2.5 patches, rounded
+    zoomed, kept = (five_crop_features(cfg, "train", 0.5, zoom, progress=False) for zoom in (True, False))
+    assert zoomed.grids.tolist()[0] == [4, 5] and kept.grids.tolist()[0] == [2, 2]
+    assert len(zoomed) == len(kept) == 5 * len(spec.samples(root, "train"))
