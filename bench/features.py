@@ -273,7 +273,8 @@ def _publish(cfg: Config, split: str, types: list[str], tensors: dict[str, torch
 # -------------------------------------------------------------------------------------------- five crops
 #
 # STEGO's optional training views (stego.five_crop_ratio): the four corners and the centre of every image of a
-# split, each resized to the backbone's input size and encoded like a whole image. They are an entry of their own,
+# split, each resized to the backbone's input size (stego.five_crop_zoom, STEGO's way) or to the same fraction of it
+# (the whole image's scale), and encoded like a whole image. They are an entry of their own,
 # cached under the view's name (``<split>+five_crop_<ratio>``, beside the split's folder, not inside the features
 # stage's output), with only the configured feature type: 5x the split's extraction, made on first use by the
 # method that needs it.
