@@ -208,8 +208,10 @@ def _missing_types(cfg: Config, split: str) -> list[str]:
         *_entry(with_overrides(cfg, {"features.type": t}), split))]
 
 
-def _split_dataset(cfg: Config, split: str, verify: bool = True) -> tuple[SegmentationSplit, int]:
-    """The split's images at the backbone's input sizes (the dataset verified first), and the patch size."""
+def _split_dataset(cfg: Config, split: str, verify: bool = True,
+                   resized: bool = True) -> tuple[SegmentationSplit, int]:
+    """The split's images at the backbone's input sizes (``resized``; else at their own, for a caller that crops
+    them first), the dataset verified first, and the patch size."""
     from bench.backbones import get_backbone_spec
 
     spec = dataset_spec(cfg)
@@ -221,7 +223,8 @@ def _split_dataset(cfg: Config, split: str, verify: bool = True) -> tuple[Segmen
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
     if verify:
         spec.verify(root)  # nothing is cached from a dataset that fails its verification
-    return SegmentationSplit(spec, root, split, size=lambda hw: input_size(hw, cfg, patch), with_labels=False), patch
+    size = (lambda hw: input_size(hw, cfg, patch)) if resized else None
+    return SegmentationSplit(spec, root, split, size=size, with_labels=False), patch
 
 
 def _forward(cfg: Config, dataset: SegmentationSplit, images: range, types: list[str], progress: bool,
@@ -333,18 +336,12 @@ def five_crop_features(cfg: Config, split: str, ratio: float, zoom: bool = True,
                        progress: bool = True) -> CachedFeatures:
     """The five crops of ``split``'s images, encoded: read from the cache, extracted and atomically written first
     when missing (nothing is cached from a dataset that fails its verification)."""
-    from bench.backbones import get_backbone_spec
-
     path, meta = _five_crop_entry(cfg, split, ratio, zoom)
     if not cache.is_valid(path, meta):
         with cache.lock(path):
             if not cache.is_valid(path, meta):
-                spec = dataset_spec(cfg)
-                root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
-                spec.verify(root)
-                patch = get_backbone_spec(cfg.backbone.name).patch_size
-                crops = FiveCropSplit(SegmentationSplit(spec, root, split, with_labels=False), ratio,
-                                      lambda hw: five_crop_input_size(hw, cfg, patch, ratio, zoom))
+                images, patch = _split_dataset(cfg, split, resized=False)
+                crops = FiveCropSplit(images, ratio, lambda hw: five_crop_input_size(hw, cfg, patch, ratio, zoom))
                 tensors, checksum = _forward(cfg, crops, range(len(crops)), [cfg.features.type], progress,
                                              f"five crops {cfg.data.dataset}/{split}")
                 cache.write_entry(path, {"features": tensors[cfg.features.type], "cls_attention":
