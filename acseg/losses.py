@@ -77,8 +77,10 @@ def modularity_matrix(affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return affinity - expected, two_m
 
 
-def concept_intensity(assignment: torch.Tensor) -> torch.Tensor:
+def concept_intensity(assignment: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
     """D_ij = max_c S+_ic S+_jc, the intensity with which pixels i and j share a concept.
+
+    With ``temperature`` tau > 0 the max becomes a smooth one (:func:`smooth_concept_intensity`).
 
     assignment [B, n, k] (already clipped, S+) -> [B, n, n]. The winning concept c*_ij is found without
     gradient, then D is rebuilt as S+_{i c*} S+_{j c*} (the same float product, so the same values): the
@@ -86,6 +88,8 @@ def concept_intensity(assignment: torch.Tensor) -> torch.Tensor:
     [B, n, n] tensors instead of [B, n, n, k] ones, which made the backward pass most of a training step.
     Memory is still B*n*n*k for the max; callers sample pixels when that is too much.
     """
+    if temperature > 0:
+        return smooth_concept_intensity(assignment, temperature)
     with torch.no_grad():
         # max(-1).indices, not argmax(-1): the same first-maximum index, ~30% faster over a short last dim on a CPU
         winner = (assignment.unsqueeze(-2) * assignment.unsqueeze(-3)).max(dim=-1).indices  # c*_ij, [B, n, n]
@@ -94,19 +98,34 @@ def concept_intensity(assignment: torch.Tensor) -> torch.Tensor:
     return mine * theirs
 
 
+def smooth_concept_intensity(assignment: torch.Tensor, temperature: float) -> torch.Tensor:
+    """D_ij = sum_c softmax_c(P_ijc / tau) P_ijc with P_ijc = S+_ic S+_jc: the max over concepts replaced by its
+    softmax-weighted mean, which tends to it as tau -> 0 and never exceeds it.
+
+    Why: with the hard max the winning concept of a pair switches discontinuously, and so does the gradient; some
+    pair of the 65k a step sees is always near such a tie, so a float-rounding difference (another thread count or
+    processor) flips one and the training takes another path. The smooth max has a continuous gradient.
+    assignment [B, n, k] (S+) -> [B, n, n].
+    """
+    shared = assignment.unsqueeze(-2) * assignment.unsqueeze(-3)  # P, [B, n, n, k]
+    return (torch.softmax(shared / temperature, dim=-1) * shared).sum(dim=-1)
+
+
 def modularity(intensity: torch.Tensor, modularity_mat: torch.Tensor, two_m: torch.Tensor) -> torch.Tensor:
     """Q = (1 / 2m) sum_ij W_ij D_ij per image, [B]. With a hard 0/1 co-membership D this is Newman's Q."""
     return (modularity_mat * intensity).sum(dim=(-1, -2)) / two_m
 
 
-def modularity_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE) -> torch.Tensor:
+def modularity_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE,
+                    intensity_temperature: float = 0.0) -> torch.Tensor:
     """ACSeg's loss, L = -(1/2m) sum_ij W_ij D_ij, averaged over the batch.
 
-    features [B, n, d] define the graph (no gradient); assignment [B, n, k] is S+ (gradient flows here).
+    features [B, n, d] define the graph (no gradient); assignment [B, n, k] is S+ (gradient flows here);
+    intensity_temperature > 0: D's max over concepts is a smooth one (:func:`smooth_concept_intensity`).
     """
     with torch.no_grad():
         w, two_m = modularity_matrix(graph(features))
-    return -modularity(concept_intensity(assignment), w, two_m).mean()
+    return -modularity(concept_intensity(assignment, intensity_temperature), w, two_m).mean()
 
 
 def soft_modularity_loss(features: torch.Tensor, similarity: torch.Tensor, temperature: float = 0.1,
@@ -118,7 +137,8 @@ def soft_modularity_loss(features: torch.Tensor, similarity: torch.Tensor, tempe
     return -modularity(p @ p.transpose(-1, -2), w, two_m).mean()
 
 
-def no_degree_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE) -> torch.Tensor:
+def no_degree_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Graph = DENSE,
+                   intensity_temperature: float = 0.0) -> torch.Tensor:
     """Variant without the degree (null-model) term: W = A - mean(A), plain affinity agreement.
 
     Subtracting the mean affinity keeps the trivial "one concept for everything" from winning outright while
@@ -128,7 +148,7 @@ def no_degree_loss(features: torch.Tensor, assignment: torch.Tensor, graph: Grap
         a = graph(features)
         two_m = a.sum(dim=(-1, -2))
         w = a - a.mean(dim=(-1, -2), keepdim=True)
-    return -modularity(concept_intensity(assignment), w, two_m).mean()
+    return -modularity(concept_intensity(assignment, intensity_temperature), w, two_m).mean()
 
 
 def distortion_loss(features: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:

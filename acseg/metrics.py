@@ -93,3 +93,13 @@ def hungarian_miou(matrix: np.ndarray | torch.Tensor) -> SegmentationScores:
 def overclustering_miou(matrix: np.ndarray | torch.Tensor) -> SegmentationScores:
     """The over-clustering column: majority (many-to-one) matching."""
     return scores_from_confusion(matrix, majority_match(matrix))
+
+
+def matched_disagreement(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    """The share of items whose label differs between two labellings [N] (ids in [0, k), -1 ignored) once their
+    ids are matched one-to-one by the Hungarian method on their confusion matrix: 0 for the same partition under
+    any names. Used to compare two clusterings, never with ground truth."""
+    counts = confusion_matrix(a, b, k, k, ignore_index=-1).numpy()
+    mapping = hungarian_match(counts)
+    matched = sum(counts[i, j] for i, j in enumerate(mapping) if j >= 0)
+    return 1.0 - matched / len(a)

@@ -160,6 +160,10 @@ class ACSegConfig(Section):
     self_attention: bool = Field(description="prototypes attend to each other in every block")
     loss: Literal["modularity", "soft_modularity", "no_degree", "distortion"]
     soft_temperature: float = Field(gt=0, description="soft_modularity only")
+    intensity_temperature: float = added_option(
+        0.0, "modularity and no_degree: 0: D_ij = max_c S+_ic S+_jc (docs/method.md); tau > 0: the softmax-weighted "
+             "mean over concepts at temperature tau, a smooth max whose gradient does not jump when the winning "
+             "concept of a pair changes", ge=0)
     centre: bool = Field(description="subtract the training split's mean feature before everything")
     graph: GraphConfig
     train: TrainConfig

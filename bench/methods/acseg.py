@@ -106,7 +106,11 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 def _loss_kwargs(cfg: Config) -> dict:
-    return {"temperature": cfg.acseg.soft_temperature} if cfg.acseg.loss == "soft_modularity" else {}
+    if cfg.acseg.loss == "soft_modularity":
+        return {"temperature": cfg.acseg.soft_temperature}
+    if cfg.acseg.loss in ("modularity", "no_degree") and cfg.acseg.intensity_temperature:
+        return {"intensity_temperature": cfg.acseg.intensity_temperature}
+    return {}
 
 
 class GraphFeatures:

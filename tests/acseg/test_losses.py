@@ -9,6 +9,7 @@ from acseg.losses import (
     modularity,
     modularity_loss,
     modularity_matrix,
+    smooth_concept_intensity,
 )
 
 
@@ -84,6 +85,40 @@ def test_concept_intensity_has_the_max_value_and_gradient():
     (grad,) = torch.autograd.grad((weights * d).sum(), s)
     assert torch.equal(d, literal)
     assert torch.allclose(grad, grad_literal, atol=1e-5)
+
+
+def test_the_smooth_intensity_never_exceeds_the_max_and_tends_to_it():
+    torch.manual_seed(0)
+    s_plus = torch.rand(2, 30, 6)
+    hard = concept_intensity(s_plus)
+    gaps = [(hard - smooth_concept_intensity(s_plus, tau)).max().item() for tau in (0.3, 0.1, 0.01, 0.001)]
+    assert all(g >= -1e-6 for g in gaps)  # a softmax-weighted mean of the products is at most their max
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3 < gaps[0]
+
+
+def test_the_smooth_intensity_has_a_continuous_gradient_where_the_winner_switches():
+    """The defining property: as two concepts trade places as a pair's winner, the hard max's gradient jumps from one
+    to the other; the smooth max's moves a little (which is what keeps a rounding difference from changing the
+    training's path)."""
+    def grads(intensity, eps):
+        s = torch.tensor([[[0.5 + eps, 0.5 - eps], [0.6, 0.6]]], requires_grad=True)  # pair (0, 1): a near-tie
+        (g,) = torch.autograd.grad(intensity(s)[0, 0, 1], s)
+        return g[0, 0]
+
+    hard_jump = (grads(concept_intensity, 1e-6) - grads(concept_intensity, -1e-6)).abs().max()
+    smooth = lambda s: smooth_concept_intensity(s, 0.1)
+    smooth_jump = (grads(smooth, 1e-6) - grads(smooth, -1e-6)).abs().max()
+    assert hard_jump > 0.5 and smooth_jump < 1e-4
+
+
+def test_modularity_loss_passes_the_intensity_temperature_on():
+    x, labels = block_features()
+    s = torch.nn.functional.normalize(x, dim=-1) @ torch.eye(16)[:3].T
+    hard = modularity_loss(x, s.clamp_min(0))
+    assert torch.equal(concept_loss("modularity", x, s), hard)
+    smooth = concept_loss("modularity", x, s, intensity_temperature=0.1)
+    expected = -modularity(smooth_concept_intensity(s.clamp_min(0), 0.1), *modularity_matrix(affinity(x))).mean()
+    assert torch.allclose(smooth, expected) and not torch.equal(smooth, hard)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

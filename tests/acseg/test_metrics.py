@@ -7,6 +7,7 @@ from acseg.metrics import (
     confusion_matrix,
     hungarian_match,
     hungarian_miou,
+    matched_disagreement,
     overclustering_miou,
 )
 
@@ -62,3 +63,10 @@ def test_absent_classes_do_not_count_and_overclustering_uses_majority():
 def test_out_of_range_label_is_an_error():
     with pytest.raises(ValueError, match="labels outside"):
         confusion_matrix(torch.tensor([0]), torch.tensor([7]), 2, 2, ignore_index=255)
+
+
+def test_matched_disagreement_ignores_the_names_and_counts_the_moved_items():
+    a = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    assert matched_disagreement(a, (a + 1) % 3, 3) == 0.0  # the same partition under other names
+    moved = torch.tensor([1, 1, 2, 2, 0, 0, 0, 1])  # renamed, and one item moved to another part
+    assert matched_disagreement(a, moved, 3) == pytest.approx(1 / 8)

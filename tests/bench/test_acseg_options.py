@@ -30,6 +30,7 @@ def cached(tmp_path, synthetic_dataset, monkeypatch):
     {"acseg.classifier.region_features": "keys", "acseg.classifier.raw_regions": False},
     {"acseg.classifier.region_features": "both", "acseg.classifier.overcluster_k": 12, "acseg.prototypes": 5},
     {"features.type": "keys", "acseg.graph.features": "tokens", "acseg.classifier.region_features": "tokens"},
+    {"acseg.intensity_temperature": 0.1},
 ])
 def test_an_option_trains_and_evaluates(cached, options):
     import torch
@@ -78,3 +79,22 @@ def test_weight_averaging_returns_the_mean_of_the_last_steps_weights(cached):
         expected = snapshots[-1] if not average_last else [torch.stack(ps).mean(0) for ps in zip(*snapshots[-2:])]
         assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(trained, expected))
     assert any(not torch.equal(a, b) for a, b in zip(results[0.0], results[0.5]))
+
+
+def test_the_intensity_temperature_reaches_the_loss_and_zero_keeps_the_hard_max(cached, monkeypatch):
+    import torch
+
+    import bench.methods.acseg as acseg_method
+    from bench.features import load_features
+
+    seen, real = [], acseg_method.concept_loss
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("intensity_temperature"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(acseg_method, "concept_loss", recording)
+    for tau in (0.0, 0.1):
+        cfg = make_config("synthetic", **{**cached, "acseg.train.steps": 2, "acseg.intensity_temperature": tau})
+        acseg_method.train_generator(cfg, 0, load_features(cfg, "train"), 3, torch.device("cpu"), progress=False)
+    assert seen == [None, None, 0.1, 0.1]
