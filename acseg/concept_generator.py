@@ -95,13 +95,17 @@ class ConceptGenerator(nn.Module):
         heads: int = 6,
         mlp_width: int = 1024,
         self_attention: bool = True,
+        prototype_scale: float = 1.0,
     ):
         super().__init__()
         width = width or feature_dim
         if width % heads:
             raise ValueError(f"acseg.width={width} must be divisible by acseg.heads={heads}")
         self.n_prototypes = n_prototypes
-        self.prototypes = nn.Parameter(torch.randn(n_prototypes, width) * width**-0.5)
+        # each prototype's norm starts near prototype_scale. At 1 an image's concepts start as near copies of each
+        # other (mean cosine 0.94-0.98, pipelines/initial_concepts.py): every winner is then decided by tiny margins,
+        # and training amplifies whichever way rounding tips them. At 100 they start apart (cosine 0.01-0.02).
+        self.prototypes = nn.Parameter(torch.randn(n_prototypes, width) * (prototype_scale * width**-0.5))
         self.pixels_in = nn.Identity() if width == feature_dim else nn.Linear(feature_dim, width)
         self.norm_pixels = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(

@@ -158,6 +158,9 @@ class ACSegConfig(Section):
     heads: int = Field(ge=1)
     mlp_width: int = Field(ge=1)
     self_attention: bool = Field(description="prototypes attend to each other in every block")
+    prototype_scale: float = added_option(
+        1.0, "the prototypes' norm at initialisation (entries N(0, scale^2 / width)); at 1 an image's concepts start as "
+             "near copies of each other, larger values start them apart", gt=0)
     loss: Literal["modularity", "soft_modularity", "no_degree", "distortion"]
     soft_temperature: float = Field(gt=0, description="soft_modularity only")
     intensity_temperature: float = added_option(

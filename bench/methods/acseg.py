@@ -32,7 +32,8 @@ PRECISION = {"float32": torch.float32, "float64": torch.float64}
 def build_model(cfg: Config, feature_dim: int, n_classes: int, mean: torch.Tensor | None = None,
                 region_dim: int | None = None) -> ACSeg:
     a, c = cfg.acseg, cfg.acseg.classifier
-    generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention)
+    generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention,
+                                 a.prototype_scale)
     return ACSeg(generator, torch.zeros(feature_dim) if mean is None else mean, n_classes, cosine=c.cosine,
                  raw_regions=c.raw_regions, background=c.background == "cls_attention", region_dim=region_dim)
 

@@ -62,3 +62,22 @@ def test_cross_attention_in_pixel_space_is_multihead_attention():
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), pixels)
     (grad_got,) = torch.autograd.grad(got.square().sum(), pixels)
     assert torch.allclose(grad_got, grad_expected, atol=1e-4)
+
+
+def test_a_larger_prototype_scale_starts_an_images_concepts_apart():
+    """The defining property of prototype_scale: the concepts an untrained generator makes of one image are near
+    copies at 1 and far apart at 100; 1 is the original initialisation, weight for weight."""
+    def mean_cosine(scale):
+        torch.manual_seed(0)
+        gen = ConceptGenerator(feature_dim=48, n_prototypes=6, depth=6, width=32, heads=4, mlp_width=32,
+                               prototype_scale=scale)
+        c = torch.nn.functional.normalize(gen(torch.randn(1, 60, 48)), dim=-1)[0]
+        return (c @ c.T)[~torch.eye(6, dtype=torch.bool)].mean().item(), gen
+
+    near, default = mean_cosine(1.0)
+    apart, scaled = mean_cosine(100.0)
+    assert near > 0.8 and abs(apart) < 0.3
+    torch.manual_seed(0)
+    original = torch.randn(6, 32) * 32**-0.5  # the initialisation before the option existed
+    assert torch.equal(default.prototypes.data, original)
+    assert torch.allclose(scaled.prototypes.data, 100 * original)

@@ -31,6 +31,7 @@ def cached(tmp_path, synthetic_dataset, monkeypatch):
     {"acseg.classifier.region_features": "both", "acseg.classifier.overcluster_k": 12, "acseg.prototypes": 5},
     {"features.type": "keys", "acseg.graph.features": "tokens", "acseg.classifier.region_features": "tokens"},
     {"acseg.intensity_temperature": 0.1},
+    {"acseg.prototype_scale": 100.0, "acseg.train.precision": "float64"},
 ])
 def test_an_option_trains_and_evaluates(cached, options):
     import torch
