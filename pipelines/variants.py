@@ -94,10 +94,14 @@ def figure(df: pd.DataFrame, name: str, path: Path) -> None:
     from bench.figures import pyplot
 
     plt = pyplot()
-    datasets = list(dict.fromkeys(df.dataset))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(1.2 + 0.9 * df.variant.nunique() * len(datasets), 3.8),
-                             squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    datasets, n = list(dict.fromkeys(df.dataset)), df.variant.nunique()
+    if n > 8:  # many variants: one panel per row, so the figure stays readable at a page's width
+        fig, axes = plt.subplots(len(datasets), 1, figsize=(1.2 + 0.55 * n, 3.6 * len(datasets)), squeeze=False)
+        axes = axes[:, 0]
+    else:
+        fig, axes = plt.subplots(1, len(datasets), figsize=(1.2 + 0.9 * n * len(datasets), 3.8), squeeze=False)
+        axes = axes[0]
+    for ax, dataset in zip(axes, datasets):
         d = df[df.dataset == dataset]
         order = list(dict.fromkeys(d.variant))
         ax.bar(range(len(order)), [d[d.variant == v].miou.mean() for v in order], color="0.85")
