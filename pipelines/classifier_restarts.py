@@ -69,7 +69,6 @@ def main() -> None:
                   f"{max(r['regions_classed_otherwise_pct'] for r in near):.1f} % of {len(best.labels)} regions "
                   "otherwise", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pd.DataFrame(rows).round(4).to_csv(tmp, index=False)
     print(f"-> {out}")

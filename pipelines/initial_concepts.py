@@ -1,5 +1,5 @@
-"""How alike an image's concepts are before training (issue 19, item 3): an untrained concept generator, as
-train_generator builds it for a seed, applied to every val image; the mean cosine between the image's concepts and
+"""How alike an image's concepts are before training (issue 19, item 3): the untrained concept generator a
+training of that seed starts from (bench.methods.acseg.untrained_model), applied to every val image; the mean cosine between the image's concepts and
 the median margin by which a patch's winning concept beats the runner-up. At a cosine near 1 every winner, in the
 assignment and in the loss's max over concepts, is decided by rounding-sized margins.
 
@@ -25,12 +25,10 @@ def concept_similarity(cfg, seed: int) -> dict:
     from acseg.assignment import cosine_assignment
     from bench.features import load_features
     from bench.methods import get_method
-    from bench.methods.acseg import build_model
-    from bench.methods.base import feature_mean
+    from bench.methods.acseg import untrained_model
 
     train, val = load_features(cfg, cfg.data.train_split), load_features(cfg, cfg.data.eval_split)
-    torch.manual_seed(seed)  # as train_generator does before building the model
-    model = build_model(cfg, train.dim, get_method("acseg").n_clusters(cfg), feature_mean(train, cfg.acseg.centre))
+    model = untrained_model(cfg, seed, train, get_method("acseg").n_clusters(cfg))
     k, cosines, margins = cfg.acseg.prototypes, [], []
     off_diagonal = ~torch.eye(k, dtype=torch.bool)
     with torch.no_grad():
@@ -67,7 +65,6 @@ def main() -> None:
                 print(f"{dataset} prototype_scale {scale:g} seed {seed}: concepts' mean cosine "
                       f"{r['concept_cosine_mean']:.3f}, median patch margin {r['patch_margin_median']:.4f}", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pd.DataFrame(rows).round(4).to_csv(tmp, index=False)
     print(f"-> {out}")

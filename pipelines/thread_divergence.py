@@ -132,7 +132,6 @@ def main() -> None:
             rows += compare_threads(cfg, seed, args.every, device)
     df = pd.DataFrame(rows)
     out = Path(args.out or f"reports/variants/thread_divergence_{args.dataset}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     figure(df, out.with_suffix(".png"), " ".join(args.set))

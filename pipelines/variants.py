@@ -69,7 +69,6 @@ def main() -> None:
                 print(f"{dataset} {name} seed {seed}: mIoU {m['miou']:.2f}", flush=True)
     df = pd.DataFrame(rows)
     out = Path("reports/variants") / f"{args.set}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file() and (args.variant or args.dataset):  # a partial run updates its own rows only
         kept = pd.read_csv(out)
         kept = kept[~(kept.dataset.isin(df.dataset.unique()) & kept.variant.isin(df.variant.unique()))]

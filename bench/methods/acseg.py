@@ -144,17 +144,21 @@ class GraphFeatures:
         return torch.cat([F.normalize(x, dim=-1), F.normalize(y, dim=-1)], -1)
 
 
+def untrained_model(cfg: Config, seed: int, train: CachedFeatures, n_classes: int) -> ACSeg:
+    """The model a training of ``seed`` starts from (its generator's initial weights, the training split's mean)."""
+    torch.manual_seed(seed)
+    return build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre))
+
+
 def train_generator(cfg: Config, seed: int, train: CachedFeatures, n_classes: int, device: torch.device,
                     progress: bool = True) -> tuple[ACSeg, History]:
     """The concept generator's training: batches of images, the loss on (a sample of) their pixels, AdamW."""
-    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     check_finite(train)
     g = cfg.acseg.graph
     graph, graph_features = Graph(g.kind, g.k, g.threshold), GraphFeatures(cfg, train, cfg.data.train_split)
     t = cfg.acseg.train
-    model = build_model(cfg, train.dim, n_classes, feature_mean(train, cfg.acseg.centre)).to(device)
-    model = model.to(PRECISION[t.precision])
+    model = untrained_model(cfg, seed, train, n_classes).to(device).to(PRECISION[t.precision])
     params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel (one pass over all parameters) is 4-5x faster than the per-tensor loop on a CPU
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
