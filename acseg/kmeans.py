@@ -18,6 +18,7 @@ class KMeansResult:
     labels: torch.Tensor  # [N]
     inertia: float  # sum of squared distances (euclidean) or of 1 - cos (cosine)
     inertias: list[float] = field(default_factory=list)  # every restart's, in order (the best is ``inertia``)
+    restarts: list["KMeansResult"] = field(default_factory=list)  # every restart, in order (``keep_restarts``)
 
 
 def _scores(x: torch.Tensor, centroids: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -77,12 +78,14 @@ def kmeans(
     n_init: int = 1,
     weights: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    keep_restarts: bool = False,
 ) -> KMeansResult:
     """Cluster x [N, d] into k clusters, optionally with per-point weights [N].
 
     ``n_init`` restarts from different k-means++ draws keep the one with the lowest inertia (a label-free
     choice). Deterministic for a given seed. ``dtype``: the precision of the computation (float64 makes the
-    result independent of how the thread count orders float sums, at a small set's cost).
+    result independent of how the thread count orders float sums, at a small set's cost). ``keep_restarts``: every
+    restart's result is kept in ``restarts`` (for consensus rules, :mod:`acseg.classifier`).
     """
     if k < 1 or k > x.shape[0]:
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
@@ -92,13 +95,15 @@ def kmeans(
     w = torch.ones(x.shape[0], dtype=dtype) if weights is None else weights.to(dtype)
     weighted = x if weights is None else x * w[:, None]  # once, not per iteration (it is a large tensor)
     generator = torch.Generator().manual_seed(seed)
-    best, inertias = None, []
+    best, inertias, restarts = None, [], []
     for _ in range(n_init):
         result = _lloyd(x, w, weighted, k, generator, iters, cosine, tol, chunk)
         inertias.append(result.inertia)
+        if keep_restarts:
+            restarts.append(result)
         if best is None or result.inertia < best.inertia:
             best = result
-    best.inertias = inertias
+    best = KMeansResult(best.centroids, best.labels, best.inertia, inertias, restarts)
     return best
 
 

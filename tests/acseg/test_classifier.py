@@ -143,3 +143,45 @@ def test_crop_boxes_equal_cutting_out_and_resizing():
             t, l, bo, r = (boxes[i, j] * 3).tolist()
             cut = torch.nn.functional.interpolate(image[i : i + 1, :, t:bo, l:r], size=(7, 7), mode="bilinear")
             assert torch.allclose(crops[i, j], cut[0], atol=1e-5)
+
+
+def _planted_restarts():
+    """Ten clusterings of 12 items: seven find the planted 3-cluster partition (under other names), three merge two
+    of its clusters and split the third."""
+    truth = torch.arange(3).repeat_interleave(4)
+    good = [torch.tensor(p)[truth] for p in ([0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 2, 1], [2, 1, 0], [1, 0, 2], [0, 1, 2])]
+    bad = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    return truth, torch.stack(good[:3] + [bad] * 3 + good[3:])
+
+
+def test_medoid_restart_is_one_of_the_majority_solutions():
+    from acseg.classifier import medoid_restart
+    from acseg.metrics import adjusted_rand_index
+
+    truth, labelings = _planted_restarts()
+    assert adjusted_rand_index(labelings[medoid_restart(labelings)], truth) == pytest.approx(1.0)
+
+
+def test_co_association_consensus_recovers_the_planted_partition():
+    from acseg.classifier import co_association, consensus_partition
+    from acseg.metrics import adjusted_rand_index
+
+    truth, labelings = _planted_restarts()
+    co = co_association(labelings)
+    assert torch.allclose(co.diagonal(), torch.ones(12)) and torch.allclose(co, co.T)
+    assert co[0, 4] == pytest.approx(0.3)  # planted apart, merged by the three bad restarts
+    labels = consensus_partition(labelings, 3)
+    assert labels.min() == 0 and labels.max() == 2
+    assert adjusted_rand_index(labels, truth) == pytest.approx(1.0)
+
+
+def test_partition_centroids_class_each_member_into_its_own_cluster():
+    from acseg.classifier import classify_concepts, partition_centroids
+
+    g = torch.Generator().manual_seed(0)
+    directions = torch.eye(4)[:3] * 5
+    labels = torch.arange(3).repeat_interleave(10)
+    x = directions[labels] + 0.1 * torch.randn(30, 4, generator=g)
+    centroids = partition_centroids(x, labels, 3)
+    assert torch.allclose(centroids.norm(dim=-1), torch.ones(3))
+    assert torch.equal(classify_concepts(x, centroids), labels)

@@ -40,3 +40,13 @@ def test_more_clusters_than_points_is_an_error():
 
     with pytest.raises(ValueError, match="k-means needs"):
         kmeans(torch.zeros(2, 3), 5)
+
+
+def test_kept_restarts_are_every_restart_and_the_best_is_the_lowest_inertia():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 5, generator=g)
+    fit = kmeans(x, 6, seed=1, n_init=4, keep_restarts=True)
+    assert [r.inertia for r in fit.restarts] == fit.inertias
+    assert fit.inertia == min(fit.inertias)
+    plain = kmeans(x, 6, seed=1, n_init=4)  # keeping them changes nothing else
+    assert torch.equal(plain.labels, fit.labels) and plain.restarts == []
