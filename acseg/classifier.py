@@ -132,7 +132,7 @@ def consensus_partition(labelings: torch.Tensor, k: int) -> torch.Tensor:
     np.fill_diagonal(distance, 0)
     tree = linkage(squareform(distance, checks=False), method="average")
     labels = torch.from_numpy(fcluster(tree, k, criterion="maxclust") - 1).long()
-    return torch.unique(labels, return_inverse=True)[1]  # ids 0.. in order of appearance of the tree's clusters
+    return torch.unique(labels, return_inverse=True)[1]  # ids 0..m-1 (a cut can give m < k clusters on ties)
 
 
 def partition_centroids(embeddings: torch.Tensor, labels: torch.Tensor, k: int, cosine: bool = True) -> torch.Tensor:
