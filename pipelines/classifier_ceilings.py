@@ -24,6 +24,7 @@ VARIANTS = {  # name: (feature types, centred, weighted)
     "tokens": (("tokens",), False, False),
     "tokens_centred": (("tokens",), True, False),
     "tokens_weighted": (("tokens",), False, True),
+    "tokens_centred_weighted": (("tokens",), True, True),
     "keys": (("keys",), False, False),
     "keys_centred": (("keys",), True, False),
     "both": (("tokens", "keys"), False, False),
