@@ -23,7 +23,7 @@ from typing import Any, Callable
 from bench import cluster
 from bench.cluster import Executor
 from bench.config import Config, ConfigError, with_overrides
-from bench.data import atomic_path
+from bench.data import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +347,7 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
             echo(f"{point.label} seed {seed}: mIoU {m['miou']:.2f}  acc {m['acc']:.2f}")
     df = pd.DataFrame(rows)[ROW_COLUMNS].round({"miou": 2, "acc": 2, "concepts_per_image_mean": 2,
                                                  "final_loss": 4, "steps_per_second": 2})
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(out_csv, df)
     return Path(out_csv)
 
 
@@ -384,8 +383,7 @@ def collect_ablations(cfg: Config) -> Path:
         raise FileNotFoundError(f"no results for sweep(s) {missing} in {plan.csv_dir}: run `acseg-bench ablate "
                                 f"--sweep NAME` (or `dvc repro`) first")
     df = pd.concat([pd.read_csv(Path(plan.csv_dir) / f"{n}.csv") for n in plan.sweeps], ignore_index=True)
-    with atomic_path(plan.out_csv) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(plan.out_csv, df)
     return Path(plan.out_csv)
 
 

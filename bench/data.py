@@ -99,6 +99,12 @@ def write_json_atomic(path: str | Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def write_csv_atomic(path: str | Path, frame) -> None:
+    """A pandas DataFrame's rows to ``path`` as CSV (no index column), atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 

@@ -292,7 +292,7 @@ def run_generators(cfg: Config, seeds: list[int] | None = None, progress: bool =
     depend on the thread count, as training's do."""
     from tqdm import tqdm
 
-    from bench.data import SegmentationSplit, atomic_path, dataset_spec, locate
+    from bench.data import SegmentationSplit, dataset_spec, locate, write_csv_atomic
     from bench.features import load_features, resolve_device
     from bench.methods.base import feature_mean
     from bench.runs import training_threads
@@ -320,9 +320,7 @@ def run_generators(cfg: Config, seeds: list[int] | None = None, progress: bool =
                          "resolution": f"{cfg.features.height}x{cfg.features.width}", "torch_threads": threads,
                          "device": str(device), "config_hash": cfg.hash(), "settings_hash": settings_hash(settings)})
     out = Path(settings.out_dir) / f"{spec.name}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_csv_atomic(out, pd.DataFrame(rows))
     return out
 
 

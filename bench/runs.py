@@ -20,7 +20,7 @@ import torch
 from bench import tracking
 from bench.config import Config
 from bench.data import (DatasetError, atomic_path, dataset_spec, fetch, fetch_record, get_spec, locate,
-                        write_json_atomic)
+                        write_csv_atomic, write_json_atomic)
 from bench.features import ensure_features, load_features, resolve_device
 from bench.methods import get_method
 
@@ -321,8 +321,7 @@ def collect_results(cfg: Config) -> Path:
     if "torch_threads" in df:
         df["torch_threads"] = df["torch_threads"].astype("Int64")  # integers, blank for methods without training
     out = Path(cfg.run.results_csv)
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(out, df)
     overclustered = {f"{c}_{f}": (c, f) for c in ("miou_overcluster", "acc_overcluster") if c in df
                      for f in ("mean", "std")}
     summary = (df.groupby(["dataset", "split", "method", "backbone", "crf"])

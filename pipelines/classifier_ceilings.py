@@ -37,7 +37,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from bench.config import load_config, with_overrides
-    from bench.data import SegmentationSplit, atomic_path, dataset_spec, locate
+    from bench.data import SegmentationSplit, dataset_spec, locate, write_csv_atomic
     from bench.diagnose import ceiling_miou, ground_truth_regions
     from bench.features import load_features
     from bench.methods.base import feature_mean
@@ -83,8 +83,7 @@ def main() -> None:
                              "n_init": cc.n_init})
                 print(f"{dataset} {name} seed {seed}: ceiling {miou:.2f}", flush=True)
     df = pd.DataFrame(rows)
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(args.out, df)
     results = pd.read_csv(cfg.run.results_csv)
     for dataset, d in df.groupby("dataset", sort=False):
         floor = results[(results.dataset == dataset) & (results.method == "kmeans") & ~results.crf.astype(bool)].miou

@@ -17,7 +17,6 @@ rows to reports/variants/classifier_consensus.csv. About 5 minutes per dataset o
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -60,7 +59,7 @@ def rule_mious(cfg, seed: int) -> dict[str, float]:
 
 def main() -> None:
     from bench.config import load_config
-    from bench.data import atomic_path
+    from bench.data import write_csv_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: benchmark.datasets")
@@ -78,8 +77,7 @@ def main() -> None:
                 print(f"{dataset} seed {seed}, {threads} thread(s): "
                       + ", ".join(f"{r['rule']} {r['miou']:.2f}" for r in rows[-3:]), flush=True)
     df = pd.DataFrame(rows)
-    with atomic_path(Path(args.out)) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(args.out, df)
     gaps = df.pivot_table(index=["dataset", "rule", "seed"], columns="train_threads", values="miou")
     gaps = (gaps[1] - gaps[2]).abs().round(2).unstack("seed")
     print("1-vs-2-thread gap per seed (mIoU):")

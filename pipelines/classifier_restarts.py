@@ -41,7 +41,7 @@ def restarts(cfg, seed: int, n_restarts: int) -> list:
 def main() -> None:
     from acseg.metrics import matched_disagreement
     from bench.config import load_config
-    from bench.data import atomic_path
+    from bench.data import write_csv_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: benchmark.datasets")
@@ -69,8 +69,7 @@ def main() -> None:
                   f"{max(r['regions_classed_otherwise_pct'] for r in near):.1f} % of {len(best.labels)} regions "
                   "otherwise", flush=True)
     out = Path(args.out)
-    with atomic_path(out) as tmp:
-        pd.DataFrame(rows).round(4).to_csv(tmp, index=False)
+    write_csv_atomic(out, pd.DataFrame(rows).round(4))
     print(f"-> {out}")
 
 

@@ -46,7 +46,7 @@ def concept_similarity(cfg, seed: int) -> dict:
 
 def main() -> None:
     from bench.config import load_config
-    from bench.data import atomic_path
+    from bench.data import write_csv_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: benchmark.datasets")
@@ -65,8 +65,7 @@ def main() -> None:
                 print(f"{dataset} prototype_scale {scale:g} seed {seed}: concepts' mean cosine "
                       f"{r['concept_cosine_mean']:.3f}, median patch margin {r['patch_margin_median']:.4f}", flush=True)
     out = Path(args.out)
-    with atomic_path(out) as tmp:
-        pd.DataFrame(rows).round(4).to_csv(tmp, index=False)
+    write_csv_atomic(out, pd.DataFrame(rows).round(4))
     print(f"-> {out}")
 
 

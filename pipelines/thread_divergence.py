@@ -111,7 +111,7 @@ def main() -> None:
     import torch
 
     from bench.config import load_config
-    from bench.data import atomic_path
+    from bench.data import write_csv_atomic
     from bench.methods.acseg import PRECISION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -132,8 +132,7 @@ def main() -> None:
             rows += compare_threads(cfg, seed, args.every, device)
     df = pd.DataFrame(rows)
     out = Path(args.out or f"reports/variants/thread_divergence_{args.dataset}.csv")
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(out, df)
     figure(df, out.with_suffix(".png"), " ".join(args.set))
     print(f"-> {out}, {out.with_suffix('.png')}")
 

@@ -38,7 +38,7 @@ def run_variant(cfg, method: str, seed: int, benchmark_runs: str) -> dict:
 
 def main() -> None:
     from bench.config import load_config
-    from bench.data import atomic_path
+    from bench.data import write_csv_atomic
     from bench.stats import format_ci, format_p, summarise, welch
 
     sets = yaml.safe_load(SETS.read_text())
@@ -73,8 +73,7 @@ def main() -> None:
         kept = pd.read_csv(out)
         kept = kept[~(kept.dataset.isin(df.dataset.unique()) & kept.variant.isin(df.variant.unique()))]
         df = pd.concat([kept, df], ignore_index=True)
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(out, df)
     reference = spec["reference"]
     for dataset, d in df.groupby("dataset", sort=False):
         base = d[d.variant == reference].miou.tolist()

@@ -101,3 +101,16 @@ def test_atomic_path_publishes_only_a_completed_write(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]  # and no temporary file is left
     write_text_atomic(target, "new")
     assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_a_csv_written_atomically_reads_back_without_an_index_column(tmp_path):
+    import pandas as pd
+
+    from bench.data import write_csv_atomic
+
+    frame = pd.DataFrame({"seed": [0, 1], "miou": [21.38, 21.44]})
+    target = tmp_path / "new" / "rows.csv"  # the folder is made
+    write_csv_atomic(target, frame)
+    assert target.read_text().splitlines()[0] == "seed,miou"
+    pd.testing.assert_frame_equal(pd.read_csv(target), frame)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["rows.csv"]
