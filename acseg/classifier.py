@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from acseg.kmeans import KMeansResult, kmeans
+from acseg.kmeans import KMeansResult, cluster_means, kmeans
 from acseg.metrics import adjusted_rand_index
 
 
@@ -115,10 +115,8 @@ def medoid_restart(labelings: torch.Tensor) -> int:
 
 def co_association(labelings: torch.Tensor) -> torch.Tensor:
     """[R, M] clusterings -> [M, M]: the share of the R clusterings that put items i and j in one cluster."""
-    together = torch.zeros(labelings.shape[1], labelings.shape[1])
-    for labels in labelings:
-        together += (labels[:, None] == labels[None, :]).float()
-    return together / labelings.shape[0]
+    member = F.one_hot(labelings).float()  # [R, M, K]
+    return torch.einsum("rik,rjk->ij", member, member) / labelings.shape[0]
 
 
 def consensus_partition(labelings: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,9 +137,8 @@ def partition_centroids(embeddings: torch.Tensor, labels: torch.Tensor, k: int, 
     """The centroid [k, d] of each cluster of a partition (on the unit sphere with ``cosine``, as the spherical
     k-means' centroids), so that any partition of the regions classes new concepts as :func:`classify_concepts`."""
     x = F.normalize(embeddings.double(), dim=-1) if cosine else embeddings.double()
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
-    mass = torch.bincount(labels, minlength=k).double().clamp_min(1)[:, None]
-    return (F.normalize(sums, dim=-1) if cosine else sums / mass).float()
+    means, _ = cluster_means(x, torch.ones(len(x), dtype=x.dtype), labels, k)
+    return (F.normalize(means, dim=-1) if cosine else means).float()
 
 
 def classify_concepts(embeddings: torch.Tensor, centroids: torch.Tensor, cosine: bool = True) -> torch.Tensor:

@@ -103,18 +103,24 @@ def kmeans(
             restarts.append(result)
         if best is None or result.inertia < best.inertia:
             best = result
-    best = KMeansResult(best.centroids, best.labels, best.inertia, inertias, restarts)
-    return best
+    # a new result rather than the winning restart's own: that one is also in ``restarts``
+    return KMeansResult(best.centroids, best.labels, best.inertia, inertias, restarts)
+
+
+def cluster_means(weighted: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted mean [k, d] of each cluster's points and its mass [k], from the points times their weights
+    ``weighted`` [N, d], the weights ``w`` [N] and the labels [N]; an empty cluster has mass 0 and mean 0."""
+    sums = torch.zeros(k, weighted.shape[1], dtype=weighted.dtype, device=weighted.device).index_add_(0, labels, weighted)
+    mass = torch.zeros(k, dtype=weighted.dtype, device=weighted.device).index_add_(0, labels, w)
+    return sums / mass.clamp_min(1e-12)[:, None], mass
 
 
 def _lloyd(x, w, weighted, k, generator, iters, cosine, tol, chunk) -> KMeansResult:
     centroids = kmeans_plus_plus(x, k, generator, cosine)
     for _ in range(iters):
         labels = _nearest(x, centroids, cosine, chunk)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, weighted)
-        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, labels, w)
+        new, mass = cluster_means(weighted, w, labels, k)
         empty = mass == 0
-        new = sums / mass.clamp_min(1e-12)[:, None]
         if empty.any():  # re-seed empty clusters on random points instead of letting them die
             new[empty] = x[torch.randint(x.shape[0], (int(empty.sum()),), generator=generator)]
         if cosine:

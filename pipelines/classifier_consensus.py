@@ -11,7 +11,7 @@ rule classes the val concepts of the benchmark's generators (2 threads) and of t
     python pipelines/classifier_consensus.py [--dataset camvid ...] [--seeds 0,1,2]
 
 Reads the trained runs (after `dvc repro` and `python pipelines/variants.py threads --variant acseg_1_thread`);
-rows to reports/variants/classifier_consensus.csv. About 5 minutes per dataset on 2 CPU cores.
+rows to reports/variants/classifier_consensus.csv. About a minute per dataset on 2 CPU cores.
 """
 
 from __future__ import annotations

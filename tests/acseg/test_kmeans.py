@@ -50,3 +50,13 @@ def test_kept_restarts_are_every_restart_and_the_best_is_the_lowest_inertia():
     assert fit.inertia == min(fit.inertias)
     plain = kmeans(x, 6, seed=1, n_init=4)  # keeping them changes nothing else
     assert torch.equal(plain.labels, fit.labels) and plain.restarts == []
+
+
+def test_cluster_means_are_weighted_means_and_an_empty_cluster_has_no_mass():
+    from acseg.kmeans import cluster_means
+
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    w = torch.tensor([1.0, 3.0, 2.0])
+    means, mass = cluster_means(x * w[:, None], w, torch.tensor([0, 0, 2]), 3)
+    assert torch.allclose(means, torch.tensor([[1.5, 0.0], [0.0, 0.0], [0.0, 4.0]]))
+    assert mass.tolist() == [4.0, 0.0, 2.0]
