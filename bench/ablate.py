@@ -280,13 +280,14 @@ def run_point(cfg: Config, seed: int, progress: bool = True, method: str = "acse
 
 
 def finished(cfg: Config, method: str, seed: int) -> dict | None:
-    """The metrics of a run evaluated with exactly this config (same config hash), or None."""
+    """The metrics of a run evaluated with exactly this config (same config hash, same recorded options), or None."""
+    from bench.methods import get_method
     from bench.runs import run_dir
 
     metrics_path = run_dir(cfg, method, seed) / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        if metrics.get("config_hash") == cfg.hash():
+        if metrics.get("config_hash") == cfg.hash() and get_method(method).reusable(cfg, metrics):
             log.info("reusing %s (same config)", metrics_path)
             return metrics
     return None

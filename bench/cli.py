@@ -89,6 +89,15 @@ def _config(params: Path, dataset: str | None, sets: list[str] | None, device: s
         _fail(str(e))
 
 
+def _arithmetic(cfg, methods) -> None:
+    """Before torch starts: pin the float arithmetic (bench/arithmetic.py) when the command runs ACSeg and the params
+    say acseg.arithmetic: pinned (then the other methods in the same process run pinned too)."""
+    if "acseg" in methods and cfg.acseg.arithmetic == "pinned":
+        from bench.arithmetic import pin
+
+        pin()
+
+
 def _fail(message: str):
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -180,10 +189,11 @@ def train(method: MethodOpt = "acseg", seed: SeedOpt = None, dataset: DatasetOpt
           quiet: QuietOpt = False):
     """Fit a method on the cached features (ACSeg: concept generator, then concept classifier; k-means: centroids;
     STEGO: head and cluster probe, last step kept)."""
+    cfg = _config(params, dataset, set_, device)
+    _arithmetic(cfg, [method])
     from bench.methods import get_method
     from bench.runs import run_train
 
-    cfg = _config(params, dataset, set_, device)
     _guard(get_method, method)
     for s in _seeds(cfg, seed):
         typer.echo(f"{cfg.data.dataset} {method} seed {s}: {_guard(run_train, cfg, method, s, progress=not quiet)}")
@@ -198,11 +208,12 @@ def evaluate(
 ):
     """Evaluate trained runs on the evaluation split (Hungarian-matched mIoU and accuracy). Several runs (no --method
     or no --seed) are evaluated in one pass: features and labels read once, each image's CRF kernels built once."""
+    cfg = _config(params, dataset, set_, device)
+    methods = [method] if method else cfg.benchmark.crf_methods if crf else cfg.benchmark.methods
+    _arithmetic(cfg, methods)
     from bench.methods import get_method
     from bench.runs import evaluate_runs
 
-    cfg = _config(params, dataset, set_, device)
-    methods = [method] if method else cfg.benchmark.crf_methods if crf else cfg.benchmark.methods
     for m in methods:
         _guard(get_method, m)
     runs = [(m, s) for m in methods for s in _seeds(cfg, seed)]
@@ -220,9 +231,10 @@ def diagnose(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt
 
     The oracle uses labels to judge partitions only; nothing is tuned or selected with it.
     """
+    cfg = _config(params, dataset, set_, device)
+    _arithmetic(cfg, ["acseg"])
     from bench.runs import run_diagnose
 
-    cfg = _config(params, dataset, set_, device)
     for s in _seeds(cfg, seed):
         r = _guard(run_diagnose, cfg, s, progress=not quiet)
         q = r["modularity"]
@@ -264,9 +276,6 @@ def ablate(
     MLflow parent run with a nested run each. Points already run with the same config are reused (not submitted).
     --executor slurm: the points x seeds are one Slurm job array, --jobs at once. Axes: see
     `acseg-bench ablate --help-axes`."""
-    from bench.ablate import budget, parse_axes, run_sweeps, sweep
-    from bench.config import ConfigError
-
     raw, extra = {}, list(ctx.args)
     if extra == ["--help-axes"]:
         typer.echo(_axes_help())
@@ -284,6 +293,10 @@ def ablate(
     first = _config(params, dataset, set_, device)
     cfg = first if dataset or first.data.dataset == first.ablations.dataset else _config(
         params, first.ablations.dataset, set_, device)
+    _arithmetic(cfg, ["acseg"])  # the sweeps vary ACSeg's choices (stego_rule, STEGO's: it then runs pinned too)
+    from bench.ablate import budget, parse_axes, run_sweeps, sweep
+    from bench.config import ConfigError
+
     if sweep_names is not None:
         if raw:
             _fail("give either --sweep (sweeps from the params) or axes, not both")
@@ -326,12 +339,13 @@ def benchmark(
     """Train and evaluate every dataset x method x seed of the benchmark (dvc.yaml's train and evaluate stages, in
     their run folders), features first: here, or as one Slurm job array (--executor slurm). Runs already evaluated
     with the same config are reused (not submitted). Then `acseg-bench evaluate --crf` and `results` as usual."""
-    from bench.matrix import run_matrix
-    from bench.methods import get_method
-
     first = _config(params, None, set_, device)
     configs = [_config(params, d, set_, device) for d in (dataset or first.benchmark.datasets)]
     methods = method or first.benchmark.methods
+    _arithmetic(first, methods)
+    from bench.matrix import run_matrix
+    from bench.methods import get_method
+
     for m in methods:
         _guard(get_method, m)
     try:
@@ -417,12 +431,13 @@ def perf(
     batched k-means (with FLOPs), training steps/s, evaluation images/s (with and without CRF), peak memory."""
     import shlex
 
+    cfg = _config(params, dataset, set_, device)
+    _arithmetic(cfg, ["acseg"])  # ACSeg's speed as the benchmark runs it
     import torch
 
     from bench.features import resolve_device
     from bench.perf import machine, repro_processor, run_suite, write_report
 
-    cfg = _config(params, dataset, set_, device)
     if threads:
         torch.set_num_threads(threads)
     rows = _guard(run_suite, cfg, images=images, memory_images=memory_images, steps=steps, warmup_steps=warmup_steps,
@@ -476,9 +491,10 @@ def predict(
     Label values are the model's class ids; where the model has been evaluated, they are mapped to the dataset's
     classes by that evaluation's Hungarian matching (an unsupervised model has no names of its own).
     """
+    cfg = _config(params, dataset, set_, device)
+    _arithmetic(cfg, ["acseg"])
     from bench.predict import predict_folder
 
-    cfg = _config(params, dataset, set_, device)
     written = _guard(predict_folder, cfg, seed, images, out)
     typer.echo(f"wrote {written} label maps and overlays to {out}")
 
@@ -488,9 +504,10 @@ def generators(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsO
                set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
     """Concept generators (ACSeg's ACG, per-image k-means, adaptive k-means, spectral) through ACSeg's own concept
     classifier: mIoU, oracle mIoU, concept retrieval top-1/top-5, concepts per image, images/s, FLOPs per image."""
+    cfg = _config(params, dataset, set_, device)
+    _arithmetic(cfg, ["acseg"])
     from bench.generators import run_generators
 
-    cfg = _config(params, dataset, set_, device)
     typer.echo(str(_guard(run_generators, cfg, _seeds(cfg, seed), progress=not quiet)))
 
 

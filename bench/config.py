@@ -39,6 +39,11 @@ class ConfigError(ValueError):
 # that mount the cache at different paths, or run with other worker counts, compute the same hash.
 LOCATION = {"role": "location"}
 SPEED = {"role": "speed"}
+# The arithmetic a process runs (acseg.arithmetic) changes ACSeg's numbers the way the processor does, and no other
+# method's: like the processor it is recorded with every ACSeg run (its metrics.json and model.pt, MLflow) instead of
+# joining the hash, so that the other methods' stored runs keep their identity; a stored ACSeg run is reused only
+# under the same arithmetic (bench.methods.base.Method.reusable).
+ARITHMETIC = {"role": "arithmetic"}
 
 
 def location(description: str = "") -> Any:
@@ -168,6 +173,14 @@ class ACSegConfig(Section):
              "mean over concepts at temperature tau, a smooth max whose gradient does not jump when the winning "
              "concept of a pair changes", ge=0)
     centre: bool = Field(description="subtract the training split's mean feature before everything")
+    arithmetic: Literal["native", "pinned"] = Field(
+        "native", json_schema_extra=ARITHMETIC,
+        description="CPU float arithmetic of the processes that run ACSeg. native: the processor's fastest kernels, "
+                    "whose order of float sums depends on the processor and the thread count, and ACSeg's training "
+                    "turns any rounding difference into another generator (README, Stability); pinned: oneMKL's AVX2 "
+                    "branch in strict reproducibility mode, ATen's AVX2 kernels, LayerNorm and softmax gradients "
+                    "summed in a fixed order (bench/arithmetic.py), so that a seed gives the same numbers on any thread count and "
+                    "on any x86-64 processor with AVX2 (recorded with each run, not part of the hash)")
     graph: GraphConfig
     train: TrainConfig
     classifier: ClassifierConfig
@@ -480,13 +493,13 @@ class Config(Section):
 
 def identity(value: Any) -> Any:
     """A section's options that can change a result (no locations, no speed settings, no added option at its
-    neutral value), nested as dicts."""
+    neutral value; not the arithmetic, recorded with the runs instead), nested as dicts."""
     if not isinstance(value, BaseModel):
         return value
     out = {}
     for name, info in type(value).model_fields.items():
         extra = info.json_schema_extra or {}
-        if extra.get("role") in ("location", "speed"):
+        if extra.get("role") in ("location", "speed", "arithmetic"):
             continue
         if "neutral" in extra and getattr(value, name) == extra["neutral"]:
             continue
@@ -620,6 +633,17 @@ def mlflow_defaults() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def pin_arithmetic(variables: Mapping[str, str]) -> None:
+    """acseg.arithmetic: pinned: set the variables oneMKL and ATen read when they start (bench/arithmetic.py says
+    which and why), for this process and the ones it starts."""
+    os.environ.update(variables)
+
+
+def mkl_reproducibility() -> str:
+    """oneMKL's reproducibility setting in this process (MKL_CBWR), for a run's records."""
+    return os.environ.get("MKL_CBWR", "unset")
 
 
 def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:

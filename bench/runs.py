@@ -196,7 +196,7 @@ def _write_evaluation(cfg: Config, method: str, seed: int, crf: bool, ev, predic
         "n_clusters": m.n_clusters(cfg), "clusters_used": int((ev.confusion.sum(1) > 0).sum()),
         "miou": ev.scores.miou, "acc": ev.scores.accuracy,
         "per_class_iou": dict(zip(spec.class_names, ev.scores.per_class_iou)),
-        "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **extra_metrics, **overcluster,
+        "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **m.record(cfg), **extra_metrics, **overcluster,
     }
     write_json_atomic(out / "metrics.json", metrics)
     tracking.log_run(

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench import arithmetic
 from bench.config import Config, mlflow_defaults
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ def cpu_name() -> str:
 
 
 def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, method: str) -> dict[str, str]:
-    # cpu: ACSeg's training amplifies float-rounding differences, so the same config and seed reproduce a number
-    # bit for bit only on the same kind of processor (the thread count is in the config: run.train_threads).
+    # cpu, arithmetic: ACSeg's training amplifies float-rounding differences, so with native arithmetic the same
+    # config and seed reproduce a number bit for bit only on the same kind of processor; pinned arithmetic
+    # (acseg.arithmetic, bench/arithmetic.py) makes the kernels, not the processor, decide the rounding.
     return {
         "git_commit": git_commit(),
         "method": method,
@@ -54,6 +56,7 @@ def standard_tags(cfg: Config, split: str, seed: int, weights_sha256: str, metho
         "seed": str(seed),
         "config_hash": cfg.hash(),
         "cpu": cpu_name(),
+        "arithmetic": arithmetic.describe(),
     }
 
 

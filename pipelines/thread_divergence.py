@@ -11,7 +11,7 @@ by the Hungarian method). Rows to reports/variants/thread_divergence_<dataset>.c
                                           [--set section.field=value ...] [--out PATH]
 
 ``--set`` trains another configuration than the default (e.g. acseg.intensity_temperature=0.1); give it its own
-``--out``.
+``--out``. The CSVs measured before pinned arithmetic (README, Stability) come back with ``--set acseg.arithmetic=native``.
 
 Run from the repository root after `dvc repro` (it reads the feature cache). About 4 minutes on 2 CPU cores.
 """
@@ -108,22 +108,26 @@ def compare_threads(cfg, seed: int, every: int, device) -> list[dict]:
 
 
 def main() -> None:
-    import torch
-
     from bench.config import load_config
-    from bench.data import write_csv_atomic
-    from bench.methods.acseg import PRECISION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="camvid")
     parser.add_argument("--seed", type=int, action="append", help="repeatable (default: 0)")
     parser.add_argument("--every", type=int, default=5, help="steps between parameter snapshots")
-    parser.add_argument("--precision", action="append", choices=sorted(PRECISION),
+    parser.add_argument("--precision", action="append", choices=["float32", "float64"],
                         help="default: float32 and float64")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter override over params.yaml, repeatable")
     parser.add_argument("--out", help="default: reports/variants/thread_divergence_<dataset>.csv")
     args = parser.parse_args()
+    if load_config("params.yaml", dataset=args.dataset, overrides=args.set).acseg.arithmetic == "pinned":
+        from bench.arithmetic import pin
+
+        pin()  # before torch starts (both trainings run in this process)
+    import torch
+
+    from bench.data import write_csv_atomic
+
     device, rows = torch.device("cpu"), []
     for precision in args.precision or ("float32", "float64"):
         cfg = load_config("params.yaml", dataset=args.dataset,

@@ -14,6 +14,8 @@ defaults live in conf/, and each choice made from these rows is written in the R
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,17 +24,22 @@ import yaml
 SETS = Path(__file__).with_name("variants.yaml")
 
 
-def run_variant(cfg, method: str, seed: int, benchmark_runs: str) -> dict:
+def run_variant(cfg, overrides: list[str], method: str, seed: int, benchmark_runs: str) -> dict:
     """Train and evaluate one method at one seed, reusing a run evaluated with exactly this config (its own, or the
-    benchmark's in ``benchmark_runs``: locations are not part of a config's hash)."""
+    benchmark's in ``benchmark_runs``: locations are not part of a config's hash). A new run is the CLI's train and
+    evaluate, each in a process of its own, so that each runs under its own acseg.arithmetic (bench/arithmetic.py
+    must act before torch starts in a process)."""
     from bench.ablate import finished
     from bench.config import with_overrides
-    from bench.runs import run_evaluate, run_train
 
     metrics = finished(with_overrides(cfg, {"run.runs_dir": benchmark_runs}), method, seed) or finished(cfg, method, seed)
     if metrics is None:
-        run_train(cfg, method, seed, progress=False)
-        metrics = run_evaluate(cfg, method, seed, progress=False)
+        args = ["--dataset", cfg.data.dataset, "--method", method, "--seed", str(seed), "--quiet"]
+        for override in overrides:
+            args += ["--set", override]
+        for command in ("train", "evaluate"):
+            subprocess.run([sys.executable, "-m", "bench.cli", command, *args], check=True, stdout=subprocess.DEVNULL)
+        metrics = finished(cfg, method, seed)
     return metrics
 
 
@@ -55,11 +62,11 @@ def main() -> None:
         for name, variant in variants.items():
             overrides = {**spec.get("set", {}), **(variant.get("set") or {})}
             benchmark = load_config("params.yaml", dataset=dataset).run.runs_dir
-            cfg = load_config("params.yaml", dataset=dataset, overrides=[
-                *(f"{k}={v}" for k, v in overrides.items()), f"run.runs_dir=runs_variants/{args.set}/{name}"])
+            dotted = [*(f"{k}={v}" for k, v in overrides.items()), f"run.runs_dir=runs_variants/{args.set}/{name}"]
+            cfg = load_config("params.yaml", dataset=dataset, overrides=dotted)
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else spec.get("seeds", cfg.benchmark.seeds)
             for seed in seeds:
-                m = run_variant(cfg, variant["method"], seed, benchmark)
+                m = run_variant(cfg, dotted, variant["method"], seed, benchmark)
                 rows.append({"set": args.set, "dataset": dataset, "variant": name, "method": variant["method"],
                              "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()), "seed": seed,
                              "miou": round(m["miou"], 2), "acc": round(m["acc"], 2),

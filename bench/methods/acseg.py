@@ -33,7 +33,7 @@ def build_model(cfg: Config, feature_dim: int, n_classes: int, mean: torch.Tenso
                 region_dim: int | None = None) -> ACSeg:
     a, c = cfg.acseg, cfg.acseg.classifier
     generator = ConceptGenerator(feature_dim, a.prototypes, a.depth, a.width, a.heads, a.mlp_width, a.self_attention,
-                                 a.prototype_scale)
+                                 a.prototype_scale, fixed_order=a.arithmetic == "pinned")
     return ACSeg(generator, torch.zeros(feature_dim) if mean is None else mean, n_classes, cosine=c.cosine,
                  raw_regions=c.raw_regions, background=c.background == "cls_attention", region_dim=region_dim)
 
@@ -285,6 +285,12 @@ class ACSegMethod(Method):
     def overcluster_k(self, cfg: Config) -> int:
         return cfg.acseg.classifier.overcluster_k
 
+    def record(self, cfg: Config) -> dict[str, Any]:
+        return {"arithmetic": cfg.acseg.arithmetic}
+
+    def reusable(self, cfg: Config, metrics: dict[str, Any]) -> bool:
+        return metrics.get("arithmetic", "native") == cfg.acseg.arithmetic  # runs from before the option: native
+
     def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
         train = load_features(cfg, cfg.data.train_split)
         cluster = load_features(cfg, cfg.data.cluster_split) if cfg.data.cluster_split != cfg.data.train_split else train
@@ -292,7 +298,7 @@ class ACSegMethod(Method):
         model, history = train_generator(cfg, seed, train, k, device, progress)
         centroids, n_regions = classifier_centroids(cfg, model, cluster, k, seed, device, progress)
         facts: dict[str, Any] = {"feature_dim": train.dim, "n_clusters": k, "weights_sha256": train.meta["weights_sha256"],
-                                 "region_dim": centroids.shape[1]}
+                                 "region_dim": centroids.shape[1], "arithmetic": cfg.acseg.arithmetic}
         if centroids.shape[1] != model.class_centroids.shape[1]:  # the classifier reads other embeddings
             model = _with_region_dim(cfg, model, centroids.shape[1])
         model.class_centroids.copy_(centroids.to(device))
@@ -305,7 +311,8 @@ class ACSegMethod(Method):
                       f"ACSeg {cfg.acseg.loss} loss, k={cfg.acseg.prototypes}, seed {seed}")
 
     def build(self, cfg: Config, facts: dict[str, Any]) -> ACSeg:
-        return build_model(cfg, facts["feature_dim"], facts["n_clusters"], region_dim=facts.get("region_dim"))
+        return build_model(_trained_as(cfg, facts), facts["feature_dim"], facts["n_clusters"],
+                           region_dim=facts.get("region_dim"))
 
     def predictor(self, cfg, model, facts, device, split) -> Predictor:
         return ACSegPredictor(model, region_encoder(cfg, split, device, facts, stream=True))
@@ -316,9 +323,18 @@ class ACSegMethod(Method):
         if centroids is None or centroids.shape[0] != k - int(model.background):
             raise FileNotFoundError(f"the model has no over-clustering classifier with K'={k}: train it again with "
                                     f"acseg.classifier.overcluster_k={k}")
-        over = build_model(cfg, facts["feature_dim"], k, region_dim=facts.get("region_dim"))
+        over = build_model(_trained_as(cfg, facts), facts["feature_dim"], k, region_dim=facts.get("region_dim"))
         over.load_state_dict({**model.state_dict(), "class_centroids": centroids})
         return ACSegPredictor(over.to(device).eval(), region_encoder(cfg, split, device, facts, stream=True))
+
+
+def _trained_as(cfg: Config, facts: dict[str, Any]) -> Config:
+    """``cfg`` with the arithmetic the saved model was trained under (its LayerNorms; models from before the option:
+    native), so that a model is evaluated with the functions it was trained with."""
+    from bench.config import with_overrides
+
+    trained = facts.get("arithmetic", "native")
+    return cfg if trained == cfg.acseg.arithmetic else with_overrides(cfg, {"acseg.arithmetic": trained})
 
 
 register_method(ACSegMethod())

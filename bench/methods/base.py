@@ -109,6 +109,15 @@ class Method:
                   split: str) -> Predictor:
         raise NotImplementedError
 
+    def record(self, cfg: Config) -> dict[str, Any]:
+        """Options that change this method's numbers but stay out of the config hash (bench.config.ARITHMETIC),
+        written into every run's metrics.json."""
+        return {}
+
+    def reusable(self, cfg: Config, metrics: dict[str, Any]) -> bool:
+        """Whether a stored run with this config's hash (its ``metrics``) is what ``cfg`` would compute."""
+        return True
+
     def overcluster_k(self, cfg: Config) -> int:
         """K' > classes of the separate over-clustering metric (0: the method has none)."""
         return 0

@@ -81,3 +81,82 @@ def test_a_larger_prototype_scale_starts_an_images_concepts_apart():
     original = torch.randn(6, 32) * 32**-0.5  # the initialisation before the option existed
     assert torch.equal(default.prototypes.data, original)
     assert torch.allclose(scaled.prototypes.data, 100 * original)
+
+
+def _layer_norm_grads(norm: torch.nn.LayerNorm, x: torch.Tensor, upstream: torch.Tensor):
+    norm.zero_grad()
+    out = norm(x)
+    out.backward(upstream)
+    return out.detach(), norm.weight.grad.clone(), norm.bias.grad.clone()
+
+
+def test_fixed_order_layer_norm_is_layer_norm():
+    """The same function and gradients as nn.LayerNorm (up to rounding), the same parameters."""
+    from acseg.concept_generator import FixedOrderLayerNorm
+
+    torch.manual_seed(0)
+    x, upstream = torch.randn(2, 300, 32, dtype=torch.float64), torch.randn(2, 300, 32, dtype=torch.float64)
+    fused, fixed = torch.nn.LayerNorm(32).double(), FixedOrderLayerNorm(32).double()
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 1.5), fused.bias.uniform_(-1, 1)
+    fixed.load_state_dict(fused.state_dict())
+    for a, b in zip(_layer_norm_grads(fused, x, upstream), _layer_norm_grads(fixed, x, upstream)):
+        torch.testing.assert_close(a, b)
+
+
+def test_fixed_order_layer_norm_gradients_do_not_depend_on_the_thread_count():
+    """Its weight and bias gradients are bit for bit the same on 1 and 2 threads (the rows outnumber torch's
+    parallel grain, so 2 threads do split the work)."""
+    from acseg.concept_generator import FixedOrderLayerNorm
+
+    torch.manual_seed(0)
+    norm = FixedOrderLayerNorm(128)
+    x, upstream = torch.randn(8, 1000, 128), torch.randn(8, 1000, 128)
+    before = torch.get_num_threads()
+    try:
+        grads = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            grads[threads] = _layer_norm_grads(norm, x, upstream)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(grads[1], grads[2]):
+        assert torch.equal(a, b)
+
+
+def test_fixed_order_keeps_the_generator_and_its_initial_weights():
+    """The option swaps functions only: the same state dict keys and, for a seed, the same initial weights."""
+    from acseg.concept_generator import FixedOrderLayerNorm
+
+    models = {}
+    for fixed in (False, True):
+        torch.manual_seed(3)
+        models[fixed] = ConceptGenerator(feature_dim=24, n_prototypes=4, depth=2, width=16, heads=2, mlp_width=32,
+                                         fixed_order=fixed)
+    a, b = models[False].state_dict(), models[True].state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(isinstance(m, FixedOrderLayerNorm) for m in models[True].modules()) == 2 + 3 * 2
+    assert not any(isinstance(m, FixedOrderLayerNorm) for m in models[False].modules())
+
+
+def test_fixed_order_softmax_is_softmax_and_its_gradient_does_not_depend_on_the_thread_count():
+    """torch.softmax's function on any row length; on 1 and 2 threads bit-identical gradients, also on rows that
+    are not whole vectors (391, Stanford Background's kind of grid), where torch's fused backward is not."""
+    from acseg.concept_generator import fixed_order_softmax
+
+    before = torch.get_num_threads()
+    try:
+        for n in (391, 768):
+            torch.manual_seed(0)
+            logits, upstream = torch.randn(8, 40, n, requires_grad=True), torch.randn(8, 40, n)
+            grads = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                logits.grad = None
+                out = fixed_order_softmax(logits)
+                out.backward(upstream)
+                grads.append(logits.grad.clone())
+            torch.testing.assert_close(out, torch.softmax(logits, dim=-1))
+            assert torch.equal(grads[0], grads[1])
+    finally:
+        torch.set_num_threads(before)

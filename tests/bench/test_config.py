@@ -144,7 +144,8 @@ def test_the_tiny_test_settings_are_valid():
 
 
 def test_the_environment_is_read_in_one_module_only():
-    """bench/config.py reads (and, for MLflow's settings, writes) the environment; no other module touches it."""
+    """bench/config.py reads (and, for MLflow's settings and the pinned arithmetic, writes) the environment; no other
+    module touches it."""
     offenders = [p.relative_to(ROOT) for p in (ROOT / "bench").rglob("*.py") if p.name != "config.py"
                  and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
     assert offenders == []
