@@ -11,11 +11,19 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
+from bench.arithmetic import PINNED
+from bench.config import pin_arithmetic
 
-from bench import data as data_mod
-from bench.data import ManifestDataset
+# The test process runs the default arithmetic (acseg.arithmetic: pinned) from its start, as a CLI process does: tests
+# compare numbers computed here with numbers from the processes they start (Slurm jobs, DVC stages, workers), and
+# torch chooses its kernels once per process, when it first runs (before this, nothing here has imported it).
+pin_arithmetic(PINNED)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from bench import data as data_mod  # noqa: E402
+from bench.data import ManifestDataset  # noqa: E402
 
 WEIGHTS_FILE = "dinov2_vits14_imgfocus.safetensors"
 WEIGHTS_SHA256 = "e51b70c0d254050b57cbbbfda9408b0c2b6800f6cca26d5237e7418c8e248de8"
