@@ -179,8 +179,9 @@ class ACSegConfig(Section):
                     "whose order of float sums depends on the processor and the thread count, and ACSeg's training "
                     "turns any rounding difference into another generator (README, Stability); pinned: oneMKL's AVX2 "
                     "branch in strict reproducibility mode, ATen's AVX2 kernels, LayerNorm and softmax gradients "
-                    "summed in a fixed order (bench/arithmetic.py), so that a seed gives the same numbers on any thread count and "
-                    "on any x86-64 processor with AVX2 (recorded with each run, not part of the hash)")
+                    "summed in a fixed order (bench/arithmetic.py), so that a seed gives the same numbers on any "
+                    "thread count and on any x86-64 processor with AVX2 (recorded with each run, not part of the "
+                    "hash)")
     graph: GraphConfig
     train: TrainConfig
     classifier: ClassifierConfig

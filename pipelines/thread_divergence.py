@@ -11,7 +11,8 @@ by the Hungarian method). Rows to reports/variants/thread_divergence_<dataset>.c
                                           [--set section.field=value ...] [--out PATH]
 
 ``--set`` trains another configuration than the default (e.g. acseg.intensity_temperature=0.1); give it its own
-``--out``. The CSVs measured before pinned arithmetic (README, Stability) come back with ``--set acseg.arithmetic=native``.
+``--out``. The CSVs measured before pinned arithmetic (README, Stability) come back with
+``--set acseg.arithmetic=native``.
 
 Run from the repository root after `dvc repro` (it reads the feature cache). About 4 minutes on 2 CPU cores.
 """
