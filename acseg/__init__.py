@@ -1,7 +1,7 @@
 """ACSeg: Adaptive Conceptualization for Unsupervised Semantic Segmentation (Li et al., CVPR 2023).
 
 The method as a library: tensors in, tensors out; no files, no tracking. One module per idea, in the
-order of the paper (see docs/method.md of the shared material):
+order of the paper (see docs/methods/acseg.md):
 
 - :mod:`acseg.features`           frozen ViT -> patch features (tokens or keys) and [CLS] attention
 - :mod:`acseg.concept_generator`  the Adaptive Concept Generator (learnable prototypes -> per-image concepts)

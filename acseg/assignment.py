@@ -1,4 +1,4 @@
-"""Pixel-to-concept assignment (docs/method.md, step 3).
+"""Pixel-to-concept assignment (docs/methods/acseg.md, step 3).
 
 S_ic = cos(x_i, c_c): no softmax, no temperature. Training uses the clipped S+ = max(0, S); inference takes
 argmax_c S_ic, so prototypes that win no pixel vanish and the number of concepts adapts per image.

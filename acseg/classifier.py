@@ -1,12 +1,10 @@
-"""The concept classifier (docs/method.md, step 5): per-image concepts -> dataset-wide classes.
+"""The concept classifier (docs/methods/acseg.md, step 5): per-image concepts -> dataset-wide classes.
 
 Each concept region is represented either by the mean of its pixel features (the region-mean variant,
 :func:`region_embeddings`) or by the backbone's [CLS] token of its bounding box, cropped and re-encoded (the
 crop variant: :func:`concept_boxes` and :func:`crop_boxes` here, the backbone pass in the harness); k-means over
 the regions of a whole split gives K class centroids; every concept then takes the class of its nearest
-centroid and every pixel the class of its concept. Of the k-means restarts the lowest inertia wins; two consensus
-rules over the restarts (:func:`medoid_restart`, :func:`consensus_partition`) are there to measure whether that
-choice is what makes the classes move with small changes of the regions (pipelines/classifier_consensus.py).
+centroid and every pixel the class of its concept. Of the k-means restarts the lowest inertia wins.
 
 For datasets with a background class (VOC), the paper splits background off first: per image, the backbone's
 last-layer [CLS] attention is summed inside each concept, a 2-means on those scores separates the concepts, and
@@ -18,8 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from acseg.kmeans import KMeansResult, cluster_means, kmeans
-from acseg.metrics import adjusted_rand_index
+from acseg.kmeans import KMeansResult, kmeans
 
 
 def region_embeddings(
@@ -99,46 +96,6 @@ def fit_concept_classifier(
     """
     return kmeans(embeddings, n_classes, seed=seed, iters=iters, cosine=cosine, n_init=n_init, weights=weights,
                   dtype=dtype)
-
-
-def medoid_restart(labelings: torch.Tensor) -> int:
-    """Of R clusterings [R, M] of the same items (e.g. the classifier's k-means restarts), the index of the one that
-    agrees most with the others (highest mean adjusted Rand index): the centre of the restarts, a label-free choice
-    that does not hang on which of several near-equal inertias is lowest."""
-    r = labelings.shape[0]
-    agreement = torch.eye(r, dtype=torch.float64)
-    for i in range(r):
-        for j in range(i + 1, r):
-            agreement[i, j] = agreement[j, i] = adjusted_rand_index(labelings[i], labelings[j])
-    return int(agreement.mean(1).argmax())
-
-
-def co_association(labelings: torch.Tensor) -> torch.Tensor:
-    """[R, M] clusterings -> [M, M]: the share of the R clusterings that put items i and j in one cluster."""
-    member = F.one_hot(labelings).float()  # [R, M, K]
-    return torch.einsum("rik,rjk->ij", member, member) / labelings.shape[0]
-
-
-def consensus_partition(labelings: torch.Tensor, k: int) -> torch.Tensor:
-    """Evidence accumulation (Fred and Jain, 2005): average-linkage clustering of the items under the distance
-    1 - co-association of R clusterings [R, M], cut into k clusters -> labels [M] in [0, k)."""
-    import numpy as np
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
-    distance = (1 - co_association(labelings)).double().numpy()
-    np.fill_diagonal(distance, 0)
-    tree = linkage(squareform(distance, checks=False), method="average")
-    labels = torch.from_numpy(fcluster(tree, k, criterion="maxclust") - 1).long()
-    return torch.unique(labels, return_inverse=True)[1]  # ids 0..m-1 (a cut can give m < k clusters on ties)
-
-
-def partition_centroids(embeddings: torch.Tensor, labels: torch.Tensor, k: int, cosine: bool = True) -> torch.Tensor:
-    """The centroid [k, d] of each cluster of a partition (on the unit sphere with ``cosine``, as the spherical
-    k-means' centroids), so that any partition of the regions classes new concepts as :func:`classify_concepts`."""
-    x = F.normalize(embeddings.double(), dim=-1) if cosine else embeddings.double()
-    means, _ = cluster_means(x, torch.ones(len(x), dtype=x.dtype), labels, k)
-    return (F.normalize(means, dim=-1) if cosine else means).float()
 
 
 def classify_concepts(embeddings: torch.Tensor, centroids: torch.Tensor, cosine: bool = True) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The Adaptive Concept Generator (ACG), docs/method.md step 2.
+"""The Adaptive Concept Generator (ACG), docs/methods/acseg.md step 2.
 
 k learnable prototypes, shared by all images, are turned into one image's concepts by N Transformer-decoder
 blocks: cross-attention (queries = prototypes, keys/values = that image's pixels), self-attention among the
@@ -24,7 +24,7 @@ class FixedOrderLayerNorm(nn.LayerNorm):
     an order that does not depend on the thread count.
 
     torch's fused CPU kernel sums those gradients over the rows in one buffer per thread, so another thread count
-    rounds them otherwise, and ACSeg's training turns a rounding difference into another generator (README,
+    rounds them otherwise, and ACSeg's training turns a rounding difference into another generator (docs/findings/reproducibility.md,
     "Stability"). Normalising without the affine part and applying it as a product and a sum leaves those sums to
     torch's reduction kernel, which gives each output element to one thread.
     """
@@ -138,7 +138,7 @@ class ConceptGenerator(nn.Module):
             raise ValueError(f"acseg.width={width} must be divisible by acseg.heads={heads}")
         self.n_prototypes = n_prototypes
         # each prototype's norm starts near prototype_scale. At 1 an image's concepts start as near copies of each
-        # other (mean cosine 0.94-0.98, pipelines/initial_concepts.py): every winner is then decided by tiny margins,
+        # other (mean cosine 0.94-0.98, studies/initial_concepts.py): every winner is then decided by tiny margins,
         # and training amplifies whichever way rounding tips them. At 100 they start apart (cosine 0.01-0.02).
         self.prototypes = nn.Parameter(torch.randn(n_prototypes, width) * (prototype_scale * width**-0.5))
         self.pixels_in = nn.Identity() if width == feature_dim else nn.Linear(feature_dim, width)

@@ -1,4 +1,4 @@
-"""Frozen ViT backbone -> patch features (docs/method.md, step 1).
+"""Frozen ViT backbone -> patch features (docs/methods/acseg.md, step 1).
 
 Wraps any timm VisionTransformer: the last layer's output tokens or the last layer's attention keys, the
 [CLS] token, and the last layer's [CLS] attention to every patch (for the background split on VOC). timm keeps

@@ -4,7 +4,7 @@ ACSeg's claim is about this step: its Adaptive Concept Generator (ACG) partition
 clustering each image on its own. Each generator here is a pure function of prepared pixels [B, n, d] (the
 cached features as the concept step sees them, e.g. centred) returning concept ids [B, n] in [0, S):
 
-- :func:`acg_concepts`             the ACG: argmax_c cos(x_i, c_c) over the image's concepts (docs/method.md 2-3)
+- :func:`acg_concepts`             the ACG: argmax_c cos(x_i, c_c) over the image's concepts (docs/methods/acseg.md 2-3)
 - :func:`kmeans_concepts`          per-image spherical k-means with a fixed k
 - :func:`adaptive_kmeans_concepts` per-image spherical k-means, k chosen per image by a label-free criterion:
                                    Newman's modularity Q of the partition on the image's affinity graph (what
@@ -43,7 +43,7 @@ def kmeans_concepts(pixels: torch.Tensor, k: int, seed: int = 0, iters: int = 50
 
 def partition_modularity(modularity_mat: torch.Tensor, two_m: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Newman's Q of each image's hard partition ids [B, n] on its graph (:func:`acseg.losses.modularity_matrix`
-    of the affinity max(0, cos)) -> [B]: docs/method.md step 4 with a 0/1 co-membership."""
+    of the affinity max(0, cos)) -> [B]: docs/methods/acseg.md step 4 with a 0/1 co-membership."""
     return modularity((ids[:, :, None] == ids[:, None, :]).float(), modularity_mat, two_m)
 
 

@@ -1,4 +1,4 @@
-"""The modularity loss of ACSeg and the variants the ablations compare (docs/method.md, step 4).
+"""The modularity loss of ACSeg and the variants the ablations compare (docs/methods/acseg.md, step 4).
 
 Per image, on the fully connected graph of its patches:
 
@@ -105,7 +105,7 @@ def smooth_concept_intensity(assignment: torch.Tensor, temperature: float) -> to
     Why: with the hard max the winning concept of a pair switches discontinuously, and so does the gradient; some
     pair of the 65k a step sees is always near such a tie, so a float-rounding difference (another thread count or
     processor) flips one and the training takes another path. The smooth max has a continuous gradient; measured,
-    it keeps such trainings together only until the concepts differentiate (README, "Where the paths part").
+    it keeps such trainings together only until the concepts differentiate (docs/findings/reproducibility.md).
     assignment [B, n, k] (S+) -> [B, n, n].
     """
     shared = assignment.unsqueeze(-2) * assignment.unsqueeze(-3)  # P, [B, n, n, k]

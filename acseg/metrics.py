@@ -103,18 +103,3 @@ def matched_disagreement(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     mapping = hungarian_match(counts)
     matched = sum(counts[i, j] for i, j in enumerate(mapping) if j >= 0)
     return 1.0 - matched / len(a)
-
-
-def adjusted_rand_index(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Hubert and Arabie's adjusted Rand index of two labellings [N] of the same items (non-negative ids): 1 for the
-    same partition under any names, about 0 for unrelated ones. Compares two clusterings, never with ground truth."""
-    ka, kb = int(a.max()) + 1, int(b.max()) + 1
-    table = torch.bincount(a.long() * kb + b.long(), minlength=ka * kb).reshape(ka, kb).double()
-
-    def pairs(counts: torch.Tensor) -> float:
-        return (counts * (counts - 1) / 2).sum().item()
-
-    together, in_a, in_b = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
-    expected = in_a * in_b / (len(a) * (len(a) - 1) / 2)
-    top = 0.5 * (in_a + in_b) - expected
-    return 1.0 if top == 0 else (together - expected) / top

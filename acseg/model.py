@@ -70,7 +70,7 @@ class ACSeg(nn.Module):
                 region_embeddings: torch.Tensor | None = None) -> Segmentation:
         """features [B, h, w, d]; cls_attention [B, heads, h, w] (needed with the background split);
         region_embeddings [B, k, d]: what the classifier sees of each concept instead of its region mean (the
-        re-encoded crops of docs/method.md step 5a, made by the caller, who has the images and the backbone)."""
+        re-encoded crops of docs/methods/acseg.md step 5a, made by the caller, who has the images and the backbone)."""
         b, h, w, _ = features.shape
         emb, counts, s = self.regions(features)
         if region_embeddings is not None:

@@ -1,4 +1,5 @@
-"""Ablation sweeps: which of ACSeg's choices matter. A registry of named axes, their grid, and the runs.
+"""Sweeps: which of a method's choices matter. An axis is a dotted config key (``acseg.prototypes``) or one of a few
+short aliases (:data:`ALIASES`); several axes are their grid; every point x seed is trained and evaluated.
 
 Every point of a sweep is an ordinary configuration (the base config with the axis' parameters changed): it is
 trained and evaluated by the same steps as the main pipeline (bench/runs.py) into its own run folder, and reuses
@@ -6,8 +7,9 @@ the feature cache of every run that shares its backbone, weights, feature type a
 folder already holds metrics for exactly its config (same config hash) is not recomputed, so sweeps that share
 points (every axis passes through the defaults) cost each point once.
 
-An axis is one entry of :data:`AXES` (its name is the CLI option ``--<name>`` and the params key of
-``ablations.sweeps``) plus, for `dvc repro`, one list in the params.
+An axis is the CLI option ``--<name>`` (``--prototypes 5,10,20``, ``--acseg.graph.k 5,13``) and a key of a sweep in
+the params' ``ablations.sweeps``, which `dvc repro` runs. Named sets of whole configurations (a study: each point a
+method with its own overrides) run through the same steps: :mod:`bench.studies`.
 """
 
 from __future__ import annotations
@@ -18,62 +20,98 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args, get_origin
 
-from bench import cluster
+import pandas as pd
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from bench import cluster, tracking
+from bench.backbones import BACKBONES
 from bench.cluster import Executor
 from bench.config import Config, ConfigError, with_overrides
 from bench.data import write_csv_atomic
+from bench.methods import METHODS, get_method
+from bench.runs import run_evaluate, run_features, run_train
+from bench.schema import schema
+from bench.store import run_dir
 
 log = logging.getLogger(__name__)
 
 
-def _int(axis: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"--{axis.replace('_', '-')}: {text!r} is not an integer") from None
+@dataclass(frozen=True)
+class Axis:
+    """A swept choice: one dotted config key (``acseg.prototypes``), or a compound choice that sets several keys
+    (the backbone with its weights, the classifier's input, STEGO's calibration rule)."""
 
-    return parse
+    name: str  # how the CLI (``--<name>``), the params and the tables name it
+    title: str  # how the report names it
+    key: str = ""  # the dotted key it sets (a plain axis)
+    parse: Callable[[str], Any] | None = None  # compound axes: text -> value
+    overrides: Callable[[Any, Config], dict[str, Any]] | None = None  # compound axes: value -> {key: value}
+    current: Callable[[Config], Any] | None = None  # compound axes: the base configuration's value
+    method: str = ""  # the method whose choice it varies ("": the key's section if it is a method's, else
+    #                   ablations.method)
+
+    def value_of(self, cfg: Config) -> Any:
+        return self.current(cfg) if self.current else _get(cfg, self.key)
+
+    def changes(self, value: Any, cfg: Config) -> dict[str, Any]:
+        return self.overrides(value, cfg) if self.overrides else {self.key: value}
+
+    def read(self, text: str) -> Any:
+        return self.parse(text) if self.parse else parse_value(self.name, self.key, text)
+
+    def method_of(self, cfg: Config | None) -> str:
+        """The method its points train: its own, its key's section if that is a method's, else the sweeps' default
+        method (``ablations.method``; "" when no configuration says it)."""
+        section = self.key.split(".")[0]
+        return self.method or (section if section in METHODS else cfg.ablations.method if cfg else "")
 
 
-def _choice(axis: str, choices: Callable[[], list[str]]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices():
-            raise ConfigError(f"--{axis.replace('_', '-')}: unknown value {text!r}; choose from {sorted(choices())}")
-        return text
-
-    return parse
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
-def _switch(axis: str) -> Callable[[str], bool]:
-    def parse(text: str) -> bool:
+def field_at(dotted: str) -> Any:
+    """The schema's field at a dotted key (None if there is none)."""
+    model: Any = schema()
+    info = None
+    for part in dotted.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info
+
+
+def parse_value(name: str, key: str, text: str) -> Any:
+    """A value of the field at ``key`` from its text (a CLI comma list item or a params value), typed as the schema
+    types it; the field's own ranges are checked when the point's configuration is validated."""
+    info = field_at(key)
+    if info is None:
+        raise ConfigError(f"unknown ablation axis {name!r}: not an alias ({sorted(ALIASES)}) nor a parameter of the "
+                          "configuration (section.field)")
+    option, kind = f"--{name.replace('_', '-')}", info.annotation
+    if kind is bool:
         if text.lower() in ("on", "true", "yes", "1"):
             return True
         if text.lower() in ("off", "false", "no", "0"):
             return False
-        raise ConfigError(f"--{axis.replace('_', '-')}: {text!r} is not on/off")
-
-    return parse
-
-
-def _losses() -> list[str]:
-    from acseg.losses import LOSSES
-
-    return list(LOSSES)
-
-
-def _feature_types() -> list[str]:
-    from acseg.features import FEATURE_TYPES
-
-    return list(FEATURE_TYPES)
-
-
-def _backbones() -> list[str]:
-    from bench.backbones import BACKBONES
-
-    return [*BACKBONES, "random"]
+        raise ConfigError(f"{option}: {text!r} is not on/off")
+    if get_origin(kind) is Literal:
+        if text not in get_args(kind):
+            raise ConfigError(f"{option}: unknown value {text!r}; choose from {sorted(get_args(kind))}")
+        return text
+    value = None if text.lower() in ("null", "none") else yaml.safe_load(text)
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as e:
+        what = {int: "an integer", float: "a number"}.get(kind, f"a valid {key}")
+        raise ConfigError(f"{option}: {text!r} is not {what} ({e.errors()[0]['msg']})") from None
 
 
 def _backbone(name: str, cfg: Config) -> dict[str, Any]:
@@ -88,6 +126,16 @@ def _backbone(name: str, cfg: Config) -> dict[str, Any]:
             "backbone.weights_label": f"{name} (timm hub weights)"}
 
 
+def _backbone_name(text: str) -> str:
+    choices = [*BACKBONES, "random"]
+    if text not in choices:
+        raise ConfigError(f"--backbone: unknown value {text!r}; choose from {sorted(choices)}")
+    return text
+
+
+CLASSIFIER_INPUTS = ["region_mean", "region_mean_centred", "crops"]
+
+
 def _classifier(value: str, cfg: Config) -> dict[str, Any]:
     """What the concept classifier clusters: region means (of the raw or the centred features), or crops."""
     if value == "crops":
@@ -95,23 +143,15 @@ def _classifier(value: str, cfg: Config) -> dict[str, Any]:
     return {"acseg.classifier.regions": "mean", "acseg.classifier.raw_regions": value == "region_mean"}
 
 
+def _classifier_input(text: str) -> str:
+    if text not in CLASSIFIER_INPUTS:
+        raise ConfigError(f"--classifier: unknown value {text!r}; choose from {sorted(CLASSIFIER_INPUTS)}")
+    return text
+
+
 def _classifier_value(cfg: Config) -> str:
     c = cfg.acseg.classifier
     return "crops" if c.regions == "crops" else "region_mean" if c.raw_regions else "region_mean_centred"
-
-
-def _set(key: str) -> Callable[[Any, Config], dict[str, Any]]:
-    return lambda value, cfg: {key: value}
-
-
-@dataclass(frozen=True)
-class Axis:
-    name: str
-    title: str  # how the report names it
-    parse: Callable[[str], Any]
-    overrides: Callable[[Any, Config], dict[str, Any]]
-    current: Callable[[Config], Any]  # the base configuration's value (every sweep includes it)
-    method: str = "acseg"  # the method whose choice it varies (the one its points train)
 
 
 def _repel(text: str) -> tuple[float, float, float]:
@@ -130,52 +170,60 @@ def _rule_text(c: Config) -> str:
     return "-".join(f"{round(v * 100):d}" for v in (s.repel_self, s.repel_knn, s.repel_rand))
 
 
-AXES: dict[str, Axis] = {a.name: a for a in [
-    Axis("prototypes", "number of prototypes k", _int("prototypes"), _set("acseg.prototypes"),
-         lambda c: c.acseg.prototypes),
-    Axis("loss", "loss (the modularity loss or a variant of docs/method.md)", _choice("loss", _losses),
-         _set("acseg.loss"), lambda c: c.acseg.loss),
-    Axis("depth", "ACG depth N", _int("depth"), _set("acseg.depth"), lambda c: c.acseg.depth),
-    Axis("self_attention", "prototype self-attention (on/off)", _switch("self_attention"),
-         _set("acseg.self_attention"), lambda c: c.acseg.self_attention),
-    Axis("feature", "backbone features (tokens or attention keys)", _choice("feature", _feature_types),
-         _set("features.type"), lambda c: c.features.type),
-    Axis("backbone", "backbone (a registered one with hub weights, or `random`: the control)",
-         _choice("backbone", _backbones), _backbone,
-         lambda c: "random" if c.backbone.weights == "random" else c.backbone.name),
-    Axis("classifier", "concept classifier input (raw or centred region means, or re-encoded crops)",
-         _choice("classifier", lambda: ["region_mean", "region_mean_centred", "crops"]), _classifier,
-         _classifier_value),
-    Axis("classes", "classifier K (0: the dataset's classes)", _int("classes"), _set("acseg.classifier.n_classes"),
-         lambda c: c.acseg.classifier.n_classes),
-    Axis("restarts", "concept classifier's k-means restarts (the lowest inertia wins)", _int("restarts"),
-         _set("acseg.classifier.n_init"), lambda c: c.acseg.classifier.n_init),
-    Axis("graph", "the loss's pixel graph (dense, k-NN, thresholded)", _choice("graph", lambda: ["dense", "knn",
-                                                                                                 "threshold"]),
-         _set("acseg.graph.kind"), lambda c: c.acseg.graph.kind),
-    Axis("graph_features", "what the graph compares (tokens, keys or both)",
-         _choice("graph_features", lambda: ["tokens", "keys", "both"]), _set("acseg.graph.features"),
-         lambda c: c.acseg.graph.features),
+# Short names of the axes the tables use: a plain one is a dotted key; the compound ones set several keys.
+ALIASES: dict[str, Axis] = {a.name: a for a in [
+    Axis("prototypes", "number of prototypes k", "acseg.prototypes"),
+    Axis("loss", "loss (the modularity loss or a variant)", "acseg.loss"),
+    Axis("depth", "ACG depth N", "acseg.depth"),
+    Axis("self_attention", "prototype self-attention (on/off)", "acseg.self_attention"),
+    Axis("feature", "backbone features (tokens or attention keys)", "features.type"),
+    Axis("classes", "classifier K (0: the dataset's classes)", "acseg.classifier.n_classes"),
+    Axis("restarts", "concept classifier's k-means restarts (the lowest inertia wins)", "acseg.classifier.n_init"),
+    Axis("graph", "the loss's pixel graph (dense, k-NN, thresholded)", "acseg.graph.kind"),
+    Axis("graph_features", "what the graph compares (tokens, keys or both)", "acseg.graph.features"),
     Axis("region_features", "what the concept classifier reads of a region (tokens, keys or both)",
-         _choice("region_features", lambda: ["tokens", "keys", "both"]), _set("acseg.classifier.region_features"),
-         lambda c: c.acseg.classifier.region_features),
-    Axis("stego_rule", "STEGO's calibration rule: % of self / k-NN / random pairs that repel", _repel,
-         lambda v, c: {"stego.repel_self": v[0], "stego.repel_knn": v[1], "stego.repel_rand": v[2]},
-         lambda c: _repel(_rule_text(c)), method="stego"),
+         "acseg.classifier.region_features"),
+    Axis("backbone", "backbone (a registered one with hub weights, or `random`: the control)",
+         parse=_backbone_name, overrides=_backbone,
+         current=lambda c: "random" if c.backbone.weights == "random" else c.backbone.name),
+    Axis("classifier", "concept classifier input (raw or centred region means, or re-encoded crops)",
+         parse=_classifier_input, overrides=_classifier, current=_classifier_value, method="acseg"),
+    Axis("stego_rule", "STEGO's calibration rule: % of self / k-NN / random pairs that repel", parse=_repel,
+         overrides=lambda v, c: {"stego.repel_self": v[0], "stego.repel_knn": v[1], "stego.repel_rand": v[2]},
+         current=lambda c: _repel(_rule_text(c)), method="stego"),
 ]}
 
 
-def axes_method(axes) -> str:
+def axis(name: str) -> Axis:
+    """An alias, or any dotted key of the configuration (its name is the key)."""
+    if name in ALIASES:
+        return ALIASES[name]
+    info = field_at(name) if "." in name else None
+    if info is None:
+        raise ConfigError(f"unknown ablation axis {name!r}; aliases: {sorted(ALIASES)}, or any parameter as "
+                          "section.field")
+    return Axis(name, info.description or name, name)
+
+
+def axes_method(axes, cfg: Config | None = None) -> str:
     """The one method a sweep's axes vary (a sweep cannot mix methods)."""
-    methods = {AXES[a].method for a in axes}
-    if len(methods) != 1:
+    methods = {axis(a).method_of(cfg) for a in axes} - {""}
+    if len(methods) > 1:
         raise ConfigError(f"a sweep varies one method; axes {sorted(axes)} belong to {sorted(methods)}")
-    return methods.pop()
+    if not methods and cfg is None:
+        raise ConfigError(f"axes {sorted(axes)} name no method: ablations.method says which one they train")
+    return methods.pop() if methods else cfg.ablations.method
 
 
-def axis_title(axis: str) -> str:
+def axis_title(name: str) -> str:
     """A sweep's title: its axes' titles joined (``depth+self_attention``)."""
-    return " + ".join(AXES[a].title if a in AXES else a for a in axis.split("+"))
+    titles = []
+    for a in name.split("+"):
+        try:
+            titles.append(axis(a).title)
+        except ConfigError:
+            titles.append(a)
+    return " + ".join(titles)
 
 
 @dataclass(frozen=True)
@@ -209,14 +257,14 @@ def parse_axes(raw: dict[str, str | list[Any] | None]) -> dict[str, list[Any]]:
     for name, values in raw.items():
         if values is None or values == "" or values == []:
             continue
-        if name not in AXES:
-            raise ConfigError(f"unknown ablation axis {name!r}; axes: {sorted(AXES)}")
+        swept = axis(name)
         items = [v.strip() for v in values.split(",")] if isinstance(values, str) else [_text(v) for v in values]
         if not all(items):
             raise ConfigError(f"--{name}: empty value in {values!r}")
-        axes[name] = [AXES[name].parse(v) for v in items]
+        axes[name] = [swept.read(v) for v in items]
     if not axes:
-        raise ConfigError(f"nothing to sweep: give at least one axis, e.g. --prototypes 5,10,20 (axes: {sorted(AXES)})")
+        raise ConfigError("nothing to sweep: give at least one axis, e.g. --prototypes 5,10,20 (aliases: "
+                          f"{sorted(ALIASES)}, or any parameter as --section.field)")
     return axes
 
 
@@ -234,7 +282,7 @@ def grid(axes: dict[str, list[Any]], base: Config | None = None) -> list[Point]:
 
 def default_point(axes: dict[str, list[Any]], base: Config) -> Point:
     """The base configuration's own point on these axes (the reference row of their table)."""
-    return Point(tuple(axes), tuple(AXES[a].current(base) for a in axes))
+    return Point(tuple(axes), tuple(axis(a).value_of(base) for a in axes))
 
 
 DEFAULT = "default"
@@ -242,22 +290,31 @@ DEFAULT = "default"
 
 def point_config(cfg: Config, point: Point, runs_dir: str | Path, sweep_name: str) -> Config:
     """The point's configuration: the base with the axis' parameters changed, in ``runs_dir``/``sweep_name``/
-    <label>; an ACSeg point that changes nothing is the shared default point, in ``runs_dir``/default."""
+    <label>; a point of the sweeps' method (ablations.method) that changes nothing is the shared default point, in
+    ``runs_dir``/default."""
     overrides: dict[str, Any] = {}
     for name, value in zip(point.axes, point.values):
-        overrides.update(AXES[name].overrides(value, cfg))
+        overrides.update(axis(name).changes(value, cfg))
     try:
         changed = with_overrides(cfg, overrides)
     except ConfigError as e:
         raise ConfigError(f"ablation point {point.label}: {e}") from None
-    shared = changed.to_dict() == cfg.to_dict() and axes_method(point.axes) == "acseg"
+    shared = changed.to_dict() == cfg.to_dict() and axes_method(point.axes, cfg) == cfg.ablations.method
     folder = DEFAULT if shared else f"{sweep_name}/{point.label}"
     return with_overrides(changed, {"run.runs_dir": str(Path(runs_dir) / folder)})
 
 
 def budget(cfg: Config) -> Config:
-    """The base configuration of the ablations: the params with the ablations' training budget."""
-    return with_overrides(cfg, {"acseg.train.steps": cfg.ablations.train_steps})
+    """The base configuration of the ablations: the params with the ablations' training budget (the steps of
+    ablations.method, where it trains by steps)."""
+    key = get_method(cfg.ablations.method).steps_key
+    return with_overrides(cfg, {key: cfg.ablations.train_steps}) if key else cfg
+
+
+def _own_point(plan, base: Config) -> dict[str, list[Any]]:
+    """The shared default point as a one-point sweep: the first axis of the first sweep at its base value."""
+    first = next(iter(next(iter(plan.sweeps.values()), {"prototypes": []})))
+    return {first: [axis(first).value_of(base)]}
 
 
 ROW_COLUMNS = ["dataset", "split", "method", "axis", "value", "default", "seed", "miou", "acc", "concepts_per_image_mean",
@@ -265,11 +322,9 @@ ROW_COLUMNS = ["dataset", "split", "method", "axis", "value", "default", "seed",
                "feature_type", "resolution", "crf", "config_hash", "run"]
 
 
-def run_point(cfg: Config, seed: int, progress: bool = True, method: str = "acseg") -> dict:
-    """Train and evaluate a method (ACSeg by default) at one point and seed (features extracted once if missing);
-    reuse earlier metrics of exactly this config."""
-    from bench.runs import run_evaluate, run_features, run_train
-
+def run_point(cfg: Config, seed: int, progress: bool, method: str) -> dict:
+    """Train and evaluate a method at one point and seed (features extracted once if missing); reuse earlier metrics
+    of exactly this config."""
     metrics = finished(cfg, method, seed)
     if metrics is not None:
         return metrics
@@ -281,9 +336,6 @@ def run_point(cfg: Config, seed: int, progress: bool = True, method: str = "acse
 
 def finished(cfg: Config, method: str, seed: int) -> dict | None:
     """The metrics of a run evaluated with exactly this config (same config hash, same recorded options), or None."""
-    from bench.methods import get_method
-    from bench.runs import run_dir
-
     metrics_path = run_dir(cfg, method, seed) / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
@@ -310,14 +362,9 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
     array, ``executor.jobs`` tasks at once, each evaluating with its CPUs. Training always runs on
     run.train_threads, so the numbers depend on neither. Every point x seed writes its own run folder.
     """
-    import pandas as pd
-
-    from bench import tracking
-    from bench.runs import run_dir
-
     executor = executor or Executor("local", jobs)
     name = name or "+".join(axes)
-    method = axes_method(axes)
+    method = axes_method(axes, cfg)
     points = grid(axes, cfg)
     own = default_point(axes, cfg)
     configs = [point_config(cfg, p, runs_dir, name) for p in points]  # every point validated before anything runs
@@ -341,7 +388,8 @@ def sweep(cfg: Config, axes: dict[str, list[Any]], seeds: list[int], runs_dir: s
         rows = []
         for i, (point, point_cfg, seed) in enumerate(runs):
             m = results[i]
-            steps = point_cfg.acseg.train.steps if method == "acseg" else getattr(point_cfg, method).steps
+            key = get_method(method).steps_key
+            steps = _get(point_cfg, key) if key else None
             rows.append({**{c: m.get(c) for c in ROW_COLUMNS}, "axis": point.axis, "value": point.value,
                          "default": point == own, "seed": seed, "train_steps": steps, "run": str(run_dir(point_cfg, method, seed)),
                          **_training(point_cfg, seed, method)})
@@ -368,7 +416,7 @@ def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Calla
     base = budget(cfg)
     outs = []
     for name in names or [DEFAULT, *plan.sweeps]:
-        axes = parse_axes(plan.sweeps[name]) if name != DEFAULT else {"prototypes": [base.acseg.prototypes]}
+        axes = parse_axes(plan.sweeps[name]) if name != DEFAULT else _own_point(plan, base)
         outs.append(sweep(base, axes, cfg.benchmark.seeds, plan.runs_dir, Path(plan.csv_dir) / f"{name}.csv",
                           progress, echo, jobs or plan.jobs, name, executor, feature_shards))
     return outs
@@ -376,8 +424,6 @@ def run_sweeps(cfg: Config, names: list[str], progress: bool = True, echo: Calla
 
 def collect_ablations(cfg: Config) -> Path:
     """Every sweep's CSV (not the default point's own) into ``ablations.out_csv``: one tidy row per run."""
-    import pandas as pd
-
     plan = cfg.ablations
     missing = [n for n in plan.sweeps if not (Path(plan.csv_dir) / f"{n}.csv").is_file()]
     if missing:
@@ -388,9 +434,7 @@ def collect_ablations(cfg: Config) -> Path:
     return Path(plan.out_csv)
 
 
-def _training(cfg: Config, seed: int, method: str = "acseg") -> dict:
-    from bench.runs import run_dir
-
+def _training(cfg: Config, seed: int, method: str) -> dict:
     path = run_dir(cfg, method, seed) / "train_summary.json"
     if not path.is_file():
         return {}

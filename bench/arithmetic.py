@@ -1,6 +1,6 @@
 """Pinned CPU float arithmetic: the same numbers from a seed on any thread count and any x86-64 processor with AVX2.
 
-ACSeg's training is chaotic (README, "Stability"): any difference in how float sums are rounded, which another
+ACSeg's training is chaotic (docs/findings/reproducibility.md): any difference in how float sums are rounded, which another
 thread count or another processor brings, ends in another trained generator. Four things choose that rounding by
 the machine, and each is pinned when ``acseg.arithmetic`` is ``pinned``:
 

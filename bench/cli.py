@@ -30,9 +30,9 @@ CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (
                                       "the run's crf/ folder with crf=true.")]
 
 
-# Where the work of `features`, `ablate` and `benchmark` runs (bench/cluster.py; docs/running_on_a_cluster.md).
+# Where the work of `features`, `ablate` and `benchmark` runs (bench/cluster.py; docs/cluster.md).
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="local: on this machine; slurm: as Slurm jobs "
-                                          "submitted through submitit, waited for (docs/running_on_a_cluster.md).")]
+                                          "submitted through submitit, waited for (docs/cluster.md).")]
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="Slurm: the partition (default: the "
                                                      "cluster's).", rich_help_panel="Slurm")]
 TimeOpt = Annotated[int, typer.Option("--time", min=1, help="Slurm: each job's time limit, minutes.",
@@ -80,7 +80,8 @@ def _guard_jobs(fn, *args, **kwargs):
 
 
 def _config(params: Path, dataset: str | None, sets: list[str] | None, device: str | None = None):
-    from bench.config import ConfigError, load_config
+    from bench.config import ConfigError
+    from bench.schema import load_config
 
     overrides = list(sets or []) + ([f"run.device={device}"] if device else [])
     try:
@@ -247,9 +248,10 @@ def diagnose(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt
 
 
 def _axes_help() -> str:
-    from bench.ablate import AXES
+    from bench.ablate import ALIASES
 
-    return "; ".join(f"--{name.replace('_', '-')}: {axis.title}" for name, axis in AXES.items())
+    return ("; ".join(f"--{name.replace('_', '-')}: {axis.title}" for name, axis in ALIASES.items())
+            + "; or any parameter as --section.field (e.g. --acseg.graph.k 5,13)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -293,7 +295,7 @@ def ablate(
     first = _config(params, dataset, set_, device)
     cfg = first if dataset or first.data.dataset == first.ablations.dataset else _config(
         params, first.ablations.dataset, set_, device)
-    _arithmetic(cfg, ["acseg"])  # the sweeps vary ACSeg's choices (stego_rule, STEGO's: it then runs pinned too)
+    _arithmetic(cfg, [cfg.ablations.method])  # before torch starts: the arithmetic of the sweeps' method
     from bench.ablate import budget, parse_axes, run_sweeps, sweep
     from bench.config import ConfigError
 
@@ -359,6 +361,42 @@ def benchmark(
 
 
 @app.command()
+def study(
+    path: Annotated[Path, typer.Argument(help="A sweep file, e.g. studies/sweeps/seeds5.yaml.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where <name>.csv, .md and .png go.")] = Path(
+        "reports/variants"),
+    runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where the points' run folders go.")] = "runs/studies",
+    executor: ExecutorOpt = "local", jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once "
+                                                                       "(Slurm).")] = 1,
+    partition: PartitionOpt = None, time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0,
+    mem: MemOpt = None, logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False,
+):
+    """Run a study: named whole configurations (each a method with its overrides) side by side on its datasets and
+    seeds, through the same steps as an ablation; a benchmark run of the same config is reused. Writes the rows,
+    each point's mean +- std, 95 % CI and Welch p against the study's reference, and a figure of every seed."""
+    import json
+
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except yaml.YAMLError as e:
+        _fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+    common = [*(set_ or []), *(f"{k}={json.dumps(v)}" for k, v in ((raw or {}).get("set") or {}).items())]
+    datasets = (raw or {}).get("datasets") or [None]
+    bases = {d: _config(params, d, common) for d in datasets}
+    first = next(iter(bases.values()))
+    _arithmetic(first, [p.get("method") for p in ((raw or {}).get("points") or {}).values() if isinstance(p, dict)])
+    from bench.studies import run_study
+
+    where = _executor(executor, jobs, partition, time, cpus_per_task, gpus_per_task, mem, logs, slurm_arg)
+    out = _guard_jobs(run_study, path, bases, out_dir, runs_dir, progress=not quiet, echo=typer.echo,
+                      executor=where)
+    typer.echo(str(out))
+
+
+@app.command()
 def ablations(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
     """Collect every sweep of ablations.sweeps into ablations.out_csv (one tidy row per run)."""
     from bench.ablate import collect_ablations
@@ -383,7 +421,7 @@ def report(
     params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 ):
     """Build reports/README.md and its figures from the results and ablations CSVs (nothing recomputed)."""
-    from bench.runs import run_report
+    from bench.report import run_report
 
     cfg = _config(params, None, set_)
     typer.echo(str(_guard(run_report, cfg, None if ablations.lower() in ("", "none") else ablations, out)))
@@ -427,8 +465,8 @@ def perf(
     quiet: QuietOpt = False,
 ):
     """Speed and memory, side by side on the same images: feature pipeline vs bare timm (with its profile), ACSeg's
-    inference vs the backbone's forward, the concept step vs per-image scikit-learn k-means and this harness's
-    batched k-means (with FLOPs), training steps/s, evaluation images/s (with and without CRF), peak memory."""
+    inference vs the backbone's forward, the concept step vs per-image scikit-learn k-means and the study's
+    batched k-means generator (with FLOPs), training steps/s, evaluation images/s (with and without CRF), peak memory."""
     import shlex
 
     cfg = _config(params, dataset, set_, device)
@@ -506,7 +544,7 @@ def generators(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsO
     classifier: mIoU, oracle mIoU, concept retrieval top-1/top-5, concepts per image, images/s, FLOPs per image."""
     cfg = _config(params, dataset, set_, device)
     _arithmetic(cfg, ["acseg"])
-    from bench.generators import run_generators
+    from bench.concept_study import run_generators
 
     typer.echo(str(_guard(run_generators, cfg, _seeds(cfg, seed), progress=not quiet)))
 

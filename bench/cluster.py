@@ -13,7 +13,7 @@ task's log; the other tasks run to their end (their results are kept and reused 
 
 What must be shared between the submitting machine and the nodes: this checkout and its environment (the same
 path), the feature cache and the run folders (``features.cache_dir``, ``run.runs_dir``: locations, so they never
-enter a config hash), the logs folder, and the MLflow store (a tracking server): docs/running_on_a_cluster.md.
+enter a config hash), the logs folder, and the MLflow store (a tracking server): docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from bench import cache, features, tracking
+from bench.config import Config, with_overrides
+from bench.datasets import get_spec, register_dataset
+from bench.features import ensure_features, extract_shard, merge_shards
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +96,6 @@ def worker_init(threads: int, datasets: Sequence, parent_run_id: str | None) -> 
     run.train_threads), the parent's registered datasets, and the MLflow run its runs nest under."""
     import torch
 
-    from bench import tracking
-    from bench.datasets import register_dataset
 
     torch.set_num_threads(max(1, threads))
     for spec in datasets:
@@ -113,8 +116,6 @@ def _on_node(task: Task, threads: int, datasets: Sequence, parent_run_id: str | 
 
 
 def _specs(tasks: Iterable[Task]) -> list:
-    from bench.datasets import get_spec
-
     return [get_spec(name) for name in sorted({d for t in tasks for d in t.datasets})]
 
 
@@ -182,8 +183,6 @@ def _warn_about_threads(cpus_per_task: int, tasks: list[Task]) -> None:
     """A task that trains on more torch threads than the CPUs Slurm gives it oversubscribes them: measured here,
     2 threads on 1 CPU made a 4-step training take 20-60 s instead of 2. ``run.train_threads`` is part of a
     configuration (it changes results), so it is never lowered behind the user's back: they are told."""
-    from bench.config import Config
-
     wanted = max((a.run.train_threads for t in tasks for a in t.args if isinstance(a, Config)), default=0)
     if wanted > cpus_per_task:
         log.warning("run.train_threads=%d but --cpus-per-task %d: each task's training oversubscribes its CPUs "
@@ -288,7 +287,7 @@ def cancel(submitted: Iterable[Submitted]) -> None:
 def warn_about_tracking(executor: Executor, tracking_uri: str | None) -> None:
     if executor.kind == "slurm" and (tracking_uri or "").startswith("sqlite:"):
         log.warning("--executor slurm with the MLflow store %s: nodes writing one SQLite file over a network "
-                    "filesystem may lose runs; use an MLflow server (docs/running_on_a_cluster.md)", tracking_uri)
+                    "filesystem may lose runs; use an MLflow server (docs/cluster.md)", tracking_uri)
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -303,8 +302,6 @@ def extract_features(executor: Executor, pairs: Iterable[tuple[Any, str]], shard
     every shard succeeded (a split of fewer batches than ``shards``: one shard a batch); everything is submitted
     before anything is waited for. A failed shard: the merge job is cancelled, no entry is written, and a
     ClusterError names the shard's log."""
-    from bench import features
-
     todo = _missing_entries(pairs)
     if not todo:
         return
@@ -353,9 +350,6 @@ def extract_features(executor: Executor, pairs: Iterable[tuple[Any, str]], shard
 
 def _missing_entries(pairs: Iterable[tuple[Any, str]]) -> list[tuple[Any, str]]:
     """The pairs whose entry is not valid, one per extraction (one pass writes every feature type of a split)."""
-    from bench import cache
-    from bench.config import with_overrides
-
     todo, seen = [], set()
     for cfg, split in pairs:
         if cache.is_valid(cache.cache_dir(cfg, split), cache.expected_meta(cfg, split)):
@@ -368,18 +362,12 @@ def _missing_entries(pairs: Iterable[tuple[Any, str]]) -> list[tuple[Any, str]]:
 
 
 def _ensure(cfg, split: str) -> str:
-    from bench.features import ensure_features
-
     return str(ensure_features(cfg, split, progress=False))
 
 
 def _shard(cfg, split: str, shard: int, shards: int) -> str:
-    from bench.features import extract_shard
-
     return str(extract_shard(cfg, split, shard, shards, progress=False))
 
 
 def _merge(cfg, split: str, shards: int) -> str:
-    from bench.features import merge_shards
-
     return str(merge_shards(cfg, split, shards))

@@ -1,4 +1,4 @@
-"""The crop variant of ACSeg's concept classifier input (docs/method.md step 5a, ``classifier.regions=crops``).
+"""The crop variant of ACSeg's concept classifier input (docs/methods/acseg.md step 5a, ``classifier.regions=crops``).
 
 Each concept's bounding box is cropped from the image (at the feature resolution, the pixels the cached features
 were computed from), resized to ``classifier.crop_size`` and re-encoded by the backbone; its [CLS] token stands
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from acseg.assignment import hard_assignment
+from acseg.classifier import concept_boxes, crop_boxes
+from acseg.features import ViTFeatures
+from bench.backbones import get_backbone_spec, load_backbone
 from bench.config import Config
 from bench.data import SegmentationSplit, dataset_spec, locate, resize_image
 
@@ -20,9 +24,6 @@ class CropEncoder:
     (zeros where a concept wins no patch)."""
 
     def __init__(self, cfg: Config, split: str, device: torch.device):
-        from acseg.features import ViTFeatures
-        from bench.backbones import get_backbone_spec, load_backbone
-
         self.patch = get_backbone_spec(cfg.backbone.name).patch_size
         self.size = cfg.acseg.classifier.crop_size
         if self.size % self.patch:
@@ -57,9 +58,6 @@ def crop_embeddings(model, extractor, features: torch.Tensor, images: torch.Tens
 
     model: a trained :class:`acseg.model.ACSeg`; extractor: :class:`acseg.features.ViTFeatures`; features
     [B, h, w, d] cached; images [B, 3, h * patch, w * patch] in [0, 1], the pixels the features came from."""
-    from acseg.assignment import hard_assignment
-    from acseg.classifier import concept_boxes, crop_boxes
-
     b, h, w, _ = features.shape
     k = model.generator.n_prototypes
     if tuple(images.shape[-2:]) != (h * patch, w * patch):

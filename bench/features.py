@@ -17,9 +17,13 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from acseg.features import FEATURE_TYPES, ViTFeatures
+from acseg.stego import FIVE_CROPS, five_crop_boxes
 from bench import cache
+from bench.backbones import get_backbone_spec, load_backbone
 from bench.config import Config, with_overrides
-from bench.data import SegmentationSplit, dataset_spec, locate
+from bench.data import SegmentationSplit, dataset_spec, locate, resize_image
+from bench.datasets.base import image_size
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +206,6 @@ def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
 
 def _missing_types(cfg: Config, split: str) -> list[str]:
     """The feature types a pass writes: the configured one, and every other type whose entry is missing."""
-    from acseg.features import FEATURE_TYPES
-
     return [t for t in FEATURE_TYPES if t == cfg.features.type or not cache.is_valid(
         *_entry(with_overrides(cfg, {"features.type": t}), split))]
 
@@ -212,8 +214,6 @@ def _split_dataset(cfg: Config, split: str, verify: bool = True,
                    resized: bool = True) -> tuple[SegmentationSplit, int]:
     """The split's images at the backbone's input sizes (``resized``; else at their own, for a caller that crops
     them first), the dataset verified first, and the patch size."""
-    from bench.backbones import get_backbone_spec
-
     spec = dataset_spec(cfg)
     patch = get_backbone_spec(cfg.backbone.name).patch_size
     h, w = cfg.features.height, cfg.features.width
@@ -231,9 +231,6 @@ def _forward(cfg: Config, dataset: SegmentationSplit, images: range, types: list
              desc: str) -> tuple[dict[str, torch.Tensor], str]:
     """One forward pass over ``images`` of the split, batched exactly as the whole split is (see
     :func:`batch_starts`): {"<type>": rows of each type, "cls_attention", "grids"} and the weights' checksum."""
-    from acseg.features import ViTFeatures
-    from bench.backbones import load_backbone
-
     device = resolve_device(cfg.run.device)
     vit, checksum = load_backbone(cfg.backbone)
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
@@ -295,8 +292,6 @@ class FiveCropSplit(torch.utils.data.Dataset):
     ``<image>#<crop>``."""
 
     def __init__(self, images: SegmentationSplit, ratio: float, size):
-        from acseg.stego import FIVE_CROPS
-
         self.images, self.ratio, self.size = images, ratio, size
         self.names = [f"{name}#{crop}" for name in images.names for crop in FIVE_CROPS]
         self._last: tuple[int, torch.Tensor] | None = None  # one decode serves an image's five consecutive crops
@@ -305,9 +300,6 @@ class FiveCropSplit(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, j: int):
-        from acseg.stego import five_crop_boxes
-        from bench.data import resize_image
-
         i, crop = divmod(j, 5)
         if self._last is None or self._last[0] != i:
             self._last = (i, self.images[i][0])
@@ -368,8 +360,6 @@ def batch_starts(cfg: Config, split: str, dataset: SegmentationSplit | None = No
                  patch: int | None = None) -> list[int]:
     """The image index where each batch of the serial extraction starts, then the number of images: batches are
     consecutive images of one input size, at most features.batch_size of them (image sizes read from headers)."""
-    from bench.datasets.base import image_size
-
     if dataset is None:
         dataset, patch = _split_dataset(cfg, split)
     n = len(dataset)
@@ -420,8 +410,6 @@ def _part_key(cfg: Config, split: str, shard: int, shards: int) -> dict:
 
 def extract_shard(cfg: Config, split: str, shard: int, shards: int, progress: bool = True) -> Path:
     """Compute shard ``shard`` of ``shards`` of the split and publish it as a part (reused when already there)."""
-    from acseg.features import FEATURE_TYPES
-
     path, key = part_dir(cfg, split, shard, shards), _part_key(cfg, split, shard, shards)
     if cache.is_valid(path, key):
         log.info("shard %d/%d already computed: %s", shard, shards, path)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from bench import cluster
+from bench import cluster, tracking
 from bench.ablate import finished
 from bench.cluster import Executor
 from bench.config import Config
+from bench.runs import run_evaluate, run_train
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,6 @@ class Run:
 
 def run_one(cfg: Config, method: str, seed: int, progress: bool = False) -> dict:
     """Train and evaluate one method and seed (without the CRF); reuse the metrics of exactly this config."""
-    from bench.runs import run_evaluate, run_train
-
     metrics = finished(cfg, method, seed)
     if metrics is not None:
         return metrics
@@ -44,8 +43,6 @@ def run_matrix(configs: list[Config], methods: list[str], seeds: list[int], exec
                feature_shards: int = 1, progress: bool = True,
                echo: Callable[[str], None] = print) -> list[tuple[Run, dict]]:
     """Every (dataset's config) x method x seed, trained and evaluated by ``executor``: [(run, metrics)]."""
-    from bench import tracking
-
     runs = [Run(cfg, m, s) for cfg in configs for m in methods for s in seeds]
     results = {i: m for i, r in enumerate(runs) if (m := finished(r.cfg, r.method, r.seed)) is not None}
     todo = [i for i in range(len(runs)) if i not in results]

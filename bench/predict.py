@@ -9,10 +9,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from acseg.features import ViTFeatures
+from bench.backbones import load_backbone
 from bench.config import Config
+from bench.crops import crop_embeddings
 from bench.data import DatasetError, load_image, resize_image
 from bench.features import input_size, resolve_device
 from bench.figures import colorize
+from bench.runs import load_fitted, run_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -20,10 +24,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bool = True) -> int:
     from PIL import Image
 
-    from acseg.features import ViTFeatures
-    from bench.backbones import load_backbone
-    from bench.crops import crop_embeddings
-    from bench.runs import load_fitted, run_dir
 
     paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(images).is_dir() else []
     if not paths:

@@ -17,26 +17,20 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from acseg.metrics import overclustering_miou
 from bench import tracking
+from bench.backbones import weights_label
 from bench.config import Config
-from bench.data import (DatasetError, atomic_path, dataset_spec, fetch, fetch_record, get_spec, locate,
-                        write_csv_atomic, write_json_atomic)
+from bench.data import (DatasetError, SegmentationSplit, atomic_path, dataset_spec, fetch, fetch_record, get_spec,
+                        locate, write_csv_atomic, write_json_atomic)
+from bench.diagnose import diagnose
+from bench.evaluate import evaluate, evaluate_all
 from bench.features import ensure_features, load_features, resolve_device
+from bench.figures import loss_curve, qualitative_grid
 from bench.methods import get_method
+from bench.store import eval_dir, load_fitted, run_dir
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(cfg: Config, method: str, seed: int) -> Path:
-    return Path(cfg.run.runs_dir) / cfg.data.dataset / method / f"seed{seed}"
-
-
-def eval_dir(cfg: Config, method: str, seed: int, crf: bool) -> Path:
-    """Where an evaluation's outputs go: the run folder, or, CRF-refined, <runs_dir>/crf/<dataset>/<method>/seed<N>
-    (one DVC output per dataset: every method and seed is refined in one pass, each image's CRF kernels built once)."""
-    if crf:
-        return Path(cfg.run.runs_dir) / "crf" / cfg.data.dataset / method / f"seed{seed}"
-    return run_dir(cfg, method, seed)
 
 
 def manifest_path(dataset: str) -> Path:
@@ -88,8 +82,6 @@ def training_threads(cfg: Config) -> Iterator[int]:
 def run_train(cfg: Config, method: str, seed: int, progress: bool = True) -> Path:
     """Fit a method on the dataset's training/cluster splits; its run folder gets model.pt, train_log.csv,
     train_summary.json and loss_curve.png, and MLflow a run."""
-    from bench.figures import loss_curve
-
     m = get_method(method)
     device = resolve_device(cfg.run.device)
     with training_threads(cfg) as threads:
@@ -114,19 +106,6 @@ def run_train(cfg: Config, method: str, seed: int, progress: bool = True) -> Pat
     return out
 
 
-def load_fitted(cfg: Config, method: str, seed: int, device: torch.device):
-    """(model on ``device`` in eval mode, its saved facts) of a trained run."""
-    m = get_method(method)
-    path = run_dir(cfg, method, seed) / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no trained model at {path}: run `acseg-bench train --dataset {cfg.data.dataset} "
-                                f"--method {method} --seed {seed}` (or `dvc repro`) first")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = m.build(cfg, saved["facts"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved["facts"]
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
@@ -140,9 +119,6 @@ def evaluate_runs(cfg: Config, runs: list[tuple[str, int]], crf: bool = False, p
     """Evaluate trained runs (method, seed) in one pass over the evaluation split: features, labels, images and
     each image's CRF kernels are read or built once for all of them. Each run gets its outputs (metrics.json,
     confusion.csv, segments_per_image.csv, examples.npz, qualitative.png) and an MLflow run."""
-    from bench.data import SegmentationSplit
-    from bench.evaluate import evaluate_all
-
     spec = dataset_spec(cfg)
     device = resolve_device(cfg.run.device)
     split = cfg.data.eval_split
@@ -170,8 +146,6 @@ def evaluate_runs(cfg: Config, runs: list[tuple[str, int]], crf: bool = False, p
 
 def _write_evaluation(cfg: Config, method: str, seed: int, crf: bool, ev, predictor, fitted, feats, spec, dataset,
                       kept, device, progress) -> dict:
-    from bench.figures import qualitative_grid
-
     m, (model, facts), split = get_method(method), fitted, cfg.data.eval_split
     out = eval_dir(cfg, method, seed, crf)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,9 +185,6 @@ def _write_evaluation(cfg: Config, method: str, seed: int, crf: bool, ev, predic
 
 
 def _overclustering(cfg, method, model, facts, feats, spec, dataset, device, progress, out: Path) -> dict:
-    from acseg.metrics import overclustering_miou
-    from bench.evaluate import evaluate
-
     k = method.overcluster_k(cfg)
     predict = method.overcluster_predictor(cfg, model, facts, device, cfg.data.eval_split)
     oc = evaluate(predict, feats, spec, dataset.read_label, k, device, progress=progress)
@@ -252,17 +223,12 @@ def load_examples(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndar
 
 
 def tracking_label(cfg: Config) -> str:
-    from bench.backbones import weights_label
-
     return weights_label(cfg.backbone)
 
 
 def run_diagnose(cfg: Config, seed: int, progress: bool = True) -> dict:
     """ACSeg's learned concepts beside per-image k-means and the ground truth, and its classifier's ceiling, on the
     evaluation split (bench/diagnose.py; labels diagnose only)."""
-    from bench.data import SegmentationSplit
-    from bench.diagnose import diagnose
-
     spec = dataset_spec(cfg)
     device = resolve_device(cfg.run.device)
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
@@ -329,56 +295,3 @@ def collect_results(cfg: Config) -> Path:
                     acc_std=("acc", "std"), seeds=("seed", "count"), **overclustered).round(2).reset_index())
     write_json_atomic(out.with_name(f"{out.stem}_summary.json"), {"rows": summary.to_dict(orient="records")})
     return out
-
-
-# ------------------------------------------------------------------------------------------------ report
-
-
-def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Path:
-    """reports/README.md and figures from the results CSV, the ablations CSV (if present) and the runs' saved
-    examples and segment counts (bench/report.py)."""
-    import pandas as pd
-
-    from bench.report import ReportInputs, build_report
-
-    results_csv = Path(cfg.run.results_csv)
-    if not results_csv.is_file():
-        raise FileNotFoundError(f"no results at {results_csv}: run `acseg-bench results` (or `dvc repro`) first")
-    ablation_table = pd.read_csv(ablations) if ablations and Path(ablations).is_file() else None
-    results = pd.read_csv(results_csv)
-    seed = cfg.benchmark.seeds[0]
-    base = Path(cfg.run.runs_dir)
-    concepts, examples, ignore = {}, {}, {}
-    for dataset in results.dataset.unique():
-        files = sorted((base / dataset / "acseg").glob("seed*/segments_per_image.csv"))
-        if files:
-            concepts[dataset] = pd.concat([pd.read_csv(f).rename(columns={"segments": "concepts"})
-                                           .assign(seed=int(f.parent.name[len("seed"):])) for f in files])
-        examples[dataset] = {m: load_examples(p) for m in cfg.benchmark.methods
-                             if (p := base / dataset / m / f"seed{seed}" / "examples.npz").is_file()}
-        ignore[dataset] = get_spec(dataset).ignore_index
-    st = cfg.stego
-    notes = [f"ACSeg: trained for {cfg.acseg.train.steps} steps (main table)"
-             + (f"; every ablation point for {cfg.ablations.train_steps} steps (`ablations.train_steps`), its "
-                "default point included, so an ablation table compares like with like"
-                if ablation_table is not None else "")]
-    if "stego" in set(results.method):
-        notes.append(f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
-                     f"{st.w_self}/{st.w_knn}/{st.w_rand}; `stego` and `stego_kmeans` (one training, two readouts) with "
-                     f"shifts {st.shifts} (repel fractions {st.repel_self}/{st.repel_knn}/{st.repel_rand} of the "
-                     f"sampled pairs), `stego_published` with the published shifts {st.shift_self}/{st.shift_knn}/"
-                     f"{st.shift_rand}; last step kept; one setting was chosen with val labels, by an earlier session "
-                     "on CamVid val: centring the features (`stego.centre`; re-measured in the README, "
-                     "`pipelines/variants.py stego_details`); no setting was chosen with test labels")
-    if "dsm" in set(results.method):
-        d = cfg.dsm
-        notes.append(f"Deep Spectral Methods: {d.eigenvectors} eigenvectors of the normalised Laplacian of max(0, cos) "
-                     f"per image, {d.segments} segments, then k-means of the segment means over the cluster split; "
-                     "where it differs from the published code: bench/methods/dsm.py")
-    from bench.generators import read_generator_results
-
-    generators = read_generator_results(cfg.generators.out_dir) if Path(cfg.generators.out_dir).is_dir() else None
-    inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
-                          git_commit=tracking.git_commit(), notes=notes, examples=examples, examples_seed=seed,
-                          ignore_index=ignore, generators=generators)
-    return build_report(inputs, out)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 17 (items 3 and 4), one short script for a machine with a CUDA GPU, this repository with
+# The GPU check of the performance suite, one short script for a machine with a CUDA GPU, this repository with
 # its venv installed (.venv) and ../shared (data/CamVid, weights/) beside it:
 #   1. the gpu-marked tests (tests/bench/test_gpu.py: float16-autocast features against float32 within stated
 #      tolerances; training and evaluation of every method with --device cuda; metrics back);

@@ -53,7 +53,7 @@ def dotlist(overrides: dict) -> list[str]:
 
 def make_config(dataset: str | None = None, tiny: bool = True, params: Path = PARAMS, **overrides):
     """The repository's params (optionally the tiny settings) with ``overrides``, no environment."""
-    from bench.config import load_config
+    from bench.schema import load_config
 
     return load_config(params, dataset=dataset, overrides=dotlist({**(TINY if tiny else {}), **overrides}),
                        environment={})

@@ -15,20 +15,16 @@ so the config can consult the registry cheaply.
 
 from __future__ import annotations
 
-from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent
-from bench.registry import Registry
-from bench.datasets.camvid import CAMVID
-from bench.datasets.cityscapes import CITYSCAPES27
-from bench.datasets.cocostuff import COCOSTUFF27
-from bench.datasets.folder import FOLDER
-from bench.datasets.stanford_background import STANFORD_BACKGROUND
-from bench.datasets.voc import VOC2012
+import importlib
+import pkgutil
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetError, "see `acseg-bench datasets`")
-for _spec in (CAMVID, STANFORD_BACKGROUND, VOC2012, COCOSTUFF27, CITYSCAPES27, FOLDER):
-    DATASETS.register(_spec)
-register_dataset = DATASETS.register
-get_spec = DATASETS.lookup
+# Every module of this package but base registers its dataset when imported: a new one is found without a list to
+# edit.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")
+from bench.datasets.base import (DATASETS, DatasetError, DatasetSpec, Sample, SplitAbsent, dataset_title, get_spec,
+                                 register_dataset)
 
-
-__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Sample", "SplitAbsent", "get_spec", "register_dataset"]
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "Sample", "SplitAbsent", "dataset_title", "get_spec",
+           "register_dataset"]

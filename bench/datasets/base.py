@@ -32,6 +32,8 @@ from typing import Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from bench.registry import Registry
+
 log = logging.getLogger(__name__)
 
 
@@ -444,3 +446,12 @@ def read_id_list(path: Path, title: str, how_to_get: str, split: str) -> list[st
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{title}: the split list {path} names some images twice")
     return ids
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetError, "see `acseg-bench datasets`")
+register_dataset = DATASETS.register
+get_spec = DATASETS.lookup
+
+
+def dataset_title(name: str) -> str:
+    return DATASETS[name].title if name in DATASETS else name

@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent, read_sha256_manifest, sha256_file
+from bench.datasets.base import (DatasetError, DatasetSpec, Sample, SplitAbsent, read_sha256_manifest, register_dataset,
+                                 sha256_file)
 
 MANIFESTS = Path(__file__).parents[1] / "manifests"
 
@@ -130,3 +131,5 @@ CAMVID = ManifestDataset(
     ),
     env_var="ACSEG_CAMVID_DIR",
 )
+
+register_dataset(CAMVID)

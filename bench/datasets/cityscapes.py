@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets.base import Archive, ArchiveDataset, DatasetError, Sample, SplitAbsent
+from bench.datasets.base import Archive, ArchiveDataset, DatasetError, Sample, SplitAbsent, register_dataset
 
 CITYSCAPES_CLASSES = ("road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge",
                       "tunnel", "pole", "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky",
@@ -90,3 +90,5 @@ CITYSCAPES27 = Cityscapes27(
     ),
     env_var="ACSEG_CITYSCAPES_DIR",
 )
+
+register_dataset(CITYSCAPES27)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets.base import Archive, ArchiveDataset, DatasetError, Sample, read_id_list
+from bench.datasets.base import Archive, ArchiveDataset, DatasetError, Sample, read_id_list, register_dataset
 
 COARSE_CLASSES = ("electronic", "appliance", "food-things", "furniture-things", "indoor", "kitchen", "accessory",
                   "animal", "outdoor", "person", "sports", "vehicle", "ceiling", "floor", "food-stuff",
@@ -166,3 +166,5 @@ COCOSTUFF27 = COCOStuff27(
     ),
     env_var="ACSEG_COCOSTUFF_DIR",
 )
+
+register_dataset(COCOSTUFF27)

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets.base import DatasetError, DatasetSpec, Sample, SplitAbsent, image_size, read_id_list, sha256_text
+from bench.datasets.base import (DatasetError, DatasetSpec, Sample, SplitAbsent, image_size, read_id_list,
+                                 register_dataset, sha256_text)
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".bmp")
 VOID = 255
 HOW_TO_GET = ("point datasets.folder.data.local_copy (or $ACSEG_FOLDER_DIR) at a folder with images/<id>.jpg|png|bmp, "
               "labels/<id>.png (8-bit class ids, 255 = void), classes.txt (one name per line) and optionally "
-              "splits/<name>.txt (README, 'Your own data')")
+              "splits/<name>.txt (docs/datasets.md)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,3 +138,5 @@ FOLDER = FolderDataset(
     how_to_get=HOW_TO_GET,
     env_var="ACSEG_FOLDER_DIR",
 )
+
+register_dataset(FOLDER)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets.base import (Archive, DatasetError, DatasetSpec, Sample, download_archive, extract_members,
-                                 read_id_list, read_sha256_manifest, sha256_file)
+                                 read_id_list, read_sha256_manifest, register_dataset, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,5 @@ STANFORD_BACKGROUND = StanfordBackground(
     ),
     env_var="ACSEG_STANFORD_BACKGROUND_DIR",
 )
+
+register_dataset(STANFORD_BACKGROUND)

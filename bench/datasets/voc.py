@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets.base import Archive, ArchiveDataset, Sample, read_id_list
+from bench.datasets.base import Archive, ArchiveDataset, Sample, read_id_list, register_dataset
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -75,3 +75,5 @@ VOC2012 = VOCSegmentation(
     ),
     env_var="ACSEG_VOC_DIR",
 )
+
+register_dataset(VOC2012)

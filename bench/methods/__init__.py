@@ -7,23 +7,23 @@
 | ``stego``, ``stego_kmeans``, ``stego_published`` | STEGO on cached features (calibrated shifts, probe / k-means readout; published shifts) | its correspondence loss + cluster probe | K clusters |
 | ``dsm`` | Deep Spectral Methods | per-image spectral segments, k-means of the segments over the cluster split | segments carrying a cluster |
 
-A method is one module here plus one :func:`register_method` call: a :class:`~bench.methods.base.Method` says how
+A method is one module here that declares its settings section and calls :func:`register_method`: a :class:`~bench.methods.base.Method` says how
 it is fitted, how its saved state is rebuilt, how it predicts segment scores and how many clusters it has.
 ``bench.runs`` trains, saves, evaluates and collects every method the same way.
 """
 
 from __future__ import annotations
 
-from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged
-from bench.config import ConfigError
-from bench.registry import Registry
+import importlib
+import pkgutil
 
+from bench.methods.base import (METHODS, Fitted, History, Method, Predictor, TrainingDiverged, get_method,
+                                method_title, register_method)
 
-METHODS: Registry[Method] = Registry("method", ConfigError, "see `acseg-bench methods`")
-register_method = METHODS.register
-get_method = METHODS.lookup
+__all__ = ["METHODS", "Fitted", "History", "Method", "Predictor", "TrainingDiverged", "get_method", "method_title",
+           "register_method"]
 
-
-from bench.methods import acseg, dsm, kmeans, stego  # noqa: E402,F401  (each registers itself)
-
-__all__ = ["METHODS", "Fitted", "History", "Method", "Predictor", "TrainingDiverged", "get_method", "register_method"]
+# Every module of this package but base registers itself when imported: a new one is found without a list to edit.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")

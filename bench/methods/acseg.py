@@ -1,29 +1,127 @@
 """ACSeg on cached features: the concept generator trained by its loss, then the concept classifier fit by k-means
-over the concept regions of the cluster split (docs/method.md). The whole training loop is :func:`train_generator`.
+over the concept regions of the cluster split (docs/methods/acseg.md). The whole training loop is :func:`train_generator`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from acseg.assignment import cosine_assignment, hard_assignment
-from acseg.classifier import background_concepts, fit_concept_classifier
+from acseg.classifier import background_concepts, fit_concept_classifier, region_embeddings
 from acseg.concept_generator import ConceptGenerator
 from acseg.features import centred_pixels
 from acseg.losses import Graph, concept_loss
 from acseg.model import ACSeg
-from bench.config import Config
+from bench.config import ARITHMETIC, Config, Section, added_option, with_overrides
+from bench.crops import CropEncoder
+from bench.evaluate import Prediction
 from bench.features import CachedFeatures, load_features
-from bench.methods import register_method
-from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, check_finite, feature_mean
+from bench.methods.base import (Fitted, History, Method, Predictor, TrainingDiverged, check_finite,
+                                check_overclustering, feature_mean, register_method)
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+class TrainConfig(Section):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    grad_clip: float = Field(ge=0, description="0: off")
+    pixel_samples: int = Field(ge=0, description="pixels per image inside the loss (0: all)")
+    log_every: int = Field(ge=1)
+    precision: Literal["float32", "float64"] = Field(
+        description="the generator trains (and the classifier's k-means runs) in this precision; float64 keeps "
+                    "float-rounding differences (another thread count, another processor) from growing into "
+                    "other concepts")
+    average_last: float = added_option(
+        0.0, "0: keep the last step's weights; 0 < f <= 1: the uniform average of the weights after each of the last "
+             "f of the steps (stochastic weight averaging), so that the result does not hang on where the last "
+             "steps happened to land", ge=0, le=1)
+
+
+class ClassifierConfig(Section):
+    n_classes: int = Field(ge=0, description="K; 0: the dataset's number of classes")
+    cosine: bool = Field(description="spherical k-means over L2-normalised region embeddings")
+    raw_regions: bool = Field(description="region means of the raw (not centred) features")
+    weighted: bool = Field(description="weight each region by its pixel count in the k-means")
+    n_init: int = Field(ge=1, description="k-means restarts; the lowest inertia wins (no labels involved)")
+    iters: int = Field(ge=1)
+    background: Literal["none", "cls_attention"] = Field(
+        description="VOC's background split: the concepts of the low cluster of a per-image 2-means over their "
+                    "summed [CLS] attention are background")
+    overcluster_k: int = Field(ge=0, description=">0: also fit K' > classes, the separate over-clustering metric")
+    regions: Literal["mean", "crops"] = Field(
+        description="what represents a concept: its region's mean feature, or its box re-encoded by the backbone")
+    region_features: Literal["tokens", "keys", "both"] = Field(
+        description="mean: which cached features a region's mean is taken of (whatever the generator reads); both: "
+                    "the L2-normalised means of the tokens and of the keys, concatenated")
+    crop_size: int = Field(ge=1, description="crops only: the backbone's square input, a multiple of its patch")
+
+
+class GraphConfig(Section):
+    """The pixel graph of ACSeg's loss (acseg.losses.Graph)."""
+
+    kind: Literal["dense", "knn", "threshold"] = Field(description="dense max(0, cos) (the paper's reading), k-NN "
+                                                                   "sparsified (symmetrised), or thresholded")
+    k: int = Field(ge=1, description="knn: neighbours per pixel, among the pixels the loss sees")
+    threshold: float = Field(ge=0, lt=1, description="threshold: the affinity an edge must exceed")
+    features: Literal["tokens", "keys", "both"] = Field(
+        description="what the graph's affinity compares (the generator reads features.type); both: the mean of the "
+                    "tokens' and the keys' cosines")
+
+
+class ACSegConfig(Section):
+    """ACSeg: the concept generator (docs/methods/acseg.md step 2), its loss, its training and its concept classifier."""
+
+    prototypes: int = Field(ge=2, description="k (ACSeg needs at least 2 prototypes)")
+    depth: int = Field(ge=1, description="N decoder blocks")
+    width: int | None = Field(description="block width; None: the backbone width (the paper)")
+    heads: int = Field(ge=1)
+    mlp_width: int = Field(ge=1)
+    self_attention: bool = Field(description="prototypes attend to each other in every block")
+    prototype_scale: float = added_option(
+        1.0, "the prototypes' norm at initialisation (entries N(0, scale^2 / width)); at 1 an image's concepts start as "
+             "near copies of each other, larger values start them apart", gt=0)
+    loss: Literal["modularity", "soft_modularity", "no_degree", "distortion"]
+    soft_temperature: float = Field(gt=0, description="soft_modularity only")
+    intensity_temperature: float = added_option(
+        0.0, "modularity and no_degree: 0: D_ij = max_c S+_ic S+_jc (docs/methods/acseg.md); tau > 0: the softmax-weighted "
+             "mean over concepts at temperature tau, a smooth max whose gradient does not jump when the winning "
+             "concept of a pair changes", ge=0)
+    centre: bool = Field(description="subtract the training split's mean feature before everything")
+    arithmetic: Literal["native", "pinned"] = Field(
+        "native", json_schema_extra=ARITHMETIC,
+        description="CPU float arithmetic of the processes that run ACSeg. native: the processor's fastest kernels, "
+                    "whose order of float sums depends on the processor and the thread count, and ACSeg's training "
+                    "turns any rounding difference into another generator (docs/findings/reproducibility.md); pinned: oneMKL's AVX2 "
+                    "branch in strict reproducibility mode, ATen's AVX2 kernels, LayerNorm and softmax gradients "
+                    "summed in a fixed order (bench/arithmetic.py), so that a seed gives the same numbers on any "
+                    "thread count and on any x86-64 processor with AVX2 (recorded with each run, not part of the "
+                    "hash)")
+    graph: GraphConfig
+    train: TrainConfig
+    classifier: ClassifierConfig
+
+    @model_validator(mode="after")
+    def _width(self) -> ACSegConfig:
+        if self.width is not None and self.width % self.heads:
+            raise ValueError(f"acseg.width={self.width} must be divisible by acseg.heads={self.heads}")
+        if self.classifier.background != "none" and self.classifier.n_classes == 1:
+            raise ValueError("acseg.classifier.n_classes=1: the background split needs at least one class besides "
+                             "background")
+        return self
 
 
 PRECISION = {"float32": torch.float32, "float64": torch.float64}
@@ -45,7 +143,6 @@ class RegionFeatures:
     and of the keys side by side. (model, features [B, h, w, d], names) -> [B, k, D]."""
 
     def __init__(self, cfg: Config, split: str, means: dict[str, torch.Tensor], stream: bool):
-        from bench.config import with_overrides
 
         wanted = cfg.acseg.classifier.region_features
         self.types = ["tokens", "keys"] if wanted == "both" else [wanted]
@@ -57,7 +154,6 @@ class RegionFeatures:
     @staticmethod
     def split_means(cfg: Config) -> dict[str, torch.Tensor]:
         """The training split's mean of each feature type the regions read (zeros for raw regions)."""
-        from bench.config import with_overrides
 
         wanted = cfg.acseg.classifier.region_features
         types = ["tokens", "keys"] if wanted == "both" else [wanted]
@@ -72,8 +168,6 @@ class RegionFeatures:
         return sum(f.dim for f in self.sources.values())
 
     def __call__(self, model: ACSeg, features: torch.Tensor, names: list[str]) -> torch.Tensor:
-        from acseg.classifier import region_embeddings
-
         _, s = model.assign(features)
         assignment, k = hard_assignment(s), model.generator.n_prototypes
         parts = []
@@ -88,8 +182,6 @@ def region_encoder(cfg: Config, split: str, device: torch.device, facts: dict | 
     crops, or the region means of other cached features."""
     c = cfg.acseg.classifier
     if c.regions == "crops":
-        from bench.crops import CropEncoder
-
         return CropEncoder(cfg, split, device)
     if c.region_features != cfg.features.type:
         means = facts["region_means"] if facts and "region_means" in facts else RegionFeatures.split_means(cfg)
@@ -120,7 +212,6 @@ class GraphFeatures:
     concatenated, so the cosine is the mean of the two cosines)."""
 
     def __init__(self, cfg: Config, train: CachedFeatures, split: str):
-        from bench.config import with_overrides
 
         wanted = cfg.acseg.graph.features
         self.own = wanted in (cfg.features.type, "both")
@@ -262,8 +353,6 @@ class ACSegPredictor(Predictor):
         self.model, self.crops, self.counts = model, crops, []
 
     def __call__(self, features, size, cls_attention, names):
-        from bench.evaluate import Prediction
-
         regions = self.crops(self.model, features, names) if self.crops else None
         seg = self.model(features, size, cls_attention, regions)
         self.counts.append(seg.n_concepts.cpu())
@@ -277,6 +366,8 @@ class ACSegPredictor(Predictor):
 
 class ACSegMethod(Method):
     name = "acseg"
+    config = ACSegConfig
+    steps_key = "acseg.train.steps"
     title = "ACSeg"
 
     def n_clusters(self, cfg: Config) -> int:
@@ -284,6 +375,12 @@ class ACSegMethod(Method):
 
     def overcluster_k(self, cfg: Config) -> int:
         return cfg.acseg.classifier.overcluster_k
+
+    def report_note(self, cfg: Config) -> str:
+        return f"ACSeg: trained for {cfg.acseg.train.steps} steps (main table)"
+
+    def check(self, cfg: Config, n_classes: int) -> None:
+        check_overclustering("acseg.classifier.overcluster_k", cfg.acseg.classifier.overcluster_k, n_classes, cfg.data.dataset)
 
     def record(self, cfg: Config) -> dict[str, Any]:
         return {"arithmetic": cfg.acseg.arithmetic}
@@ -331,7 +428,6 @@ class ACSegMethod(Method):
 def _trained_as(cfg: Config, facts: dict[str, Any]) -> Config:
     """``cfg`` with the arithmetic the saved model was trained under (its LayerNorms; models from before the option:
     native), so that a model is evaluated with the functions it was trained with."""
-    from bench.config import with_overrides
 
     trained = facts.get("arithmetic", "native")
     return cfg if trained == cfg.acseg.arithmetic else with_overrides(cfg, {"acseg.arithmetic": trained})

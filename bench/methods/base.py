@@ -6,6 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.config import ConfigError, Section
+from bench.data import dataset_spec
+from bench.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -91,11 +95,19 @@ class Method:
 
     name: str = ""
     title: str = ""
+    config: type[Section] | None = None  # its own params section, under its name (None: it has no settings)
+    steps_key: str | None = None  # the dotted key of its training steps (a sweep's budget sets it); None: no steps
+
+    def check(self, cfg: Config, n_classes: int) -> None:
+        """Checks across its section and the dataset (``n_classes``) that a section alone cannot make: raise
+        ConfigError naming the parameter."""
+
+    def report_note(self, cfg: Config) -> str | None:
+        """One line for the report's notes: how the method was trained and run (None: nothing to add)."""
+        return None
 
     def n_clusters(self, cfg: Config) -> int:
         """Clusters its predictions use (K); by default the dataset's number of classes."""
-        from bench.data import dataset_spec
-
         return dataset_spec(cfg).n_classes
 
     def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
@@ -146,3 +158,19 @@ def check_finite(feats: CachedFeatures) -> None:
         names = [feats.names[i] for i in image.unique().tolist()]
         raise TrainingDiverged(f"the cached features of {len(names)} image(s) hold NaN or inf values, e.g. "
                                f"{names[:3]}: delete the feature cache entry and extract it again")
+
+
+def check_overclustering(key: str, k: int, n_classes: int, dataset: str) -> None:
+    """The separate over-clustering metric needs K' > the dataset's classes (0 = off)."""
+    if k and k <= n_classes:
+        raise ConfigError(f"invalid parameters: {key}={k}: over-clustering needs more clusters than the {n_classes} "
+                          f"classes of {dataset} (0 = off)")
+
+
+METHODS: Registry[Method] = Registry("method", ConfigError, "see `acseg-bench methods`")
+register_method = METHODS.register
+get_method = METHODS.lookup
+
+
+def method_title(name: str) -> str:
+    return METHODS[name].title if name in METHODS else name

@@ -32,21 +32,60 @@ semantic-segmentation README), on purpose or by the harness's protocol:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 from acseg.classifier import crop_boxes, region_embeddings
-from acseg.features import centred_pixels
+from acseg.features import ViTFeatures, centred_pixels
 from acseg.generators import segment_scores, spectral_concepts
 from acseg.kmeans import kmeans
 from acseg.spectral import border_segment, knn_colour_affinity, segment_boxes
-from bench.config import Config
+from bench.backbones import get_backbone_spec, load_backbone
+from bench.config import Config, Section
+from bench.data import SegmentationSplit, dataset_spec, locate, resize_image
+from bench.evaluate import Prediction
 from bench.features import CachedFeatures, load_features
-from bench.config import DSMConfig
-from bench.methods import register_method
-from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, check_finite, feature_mean
+from bench.methods.base import (Fitted, History, Method, Predictor, TrainingDiverged, check_finite, feature_mean,
+                                register_method)
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+class DSMConfig(Section):
+    """Deep Spectral Methods as a benchmark method: per-image spectral segments, then dataset-level k-means."""
+
+    eigenvectors: int = Field(ge=2, description="K eigenvectors of the Laplacian per image (the constant one included)")
+    segments: int = Field(ge=1, description="segments per image (the k of the k-means on the eigenvectors)")
+    adaptive: bool = Field(description="segments per image from the eigengap instead of `segments`")
+    normalised: bool = Field(description="the normalised Laplacian (L v = mu D v); false: L v = mu v")
+    colour_weight: float = Field(ge=0, description="lambda of the KNN-matting colour affinity; 0: features only")
+    colour_neighbours: list[int] = Field(min_length=1, description="k of each KNN colour affinity")
+    colour_distance_weights: list[float] = Field(min_length=1, description="weight of (x, y) in each KNN")
+    centre: bool = Field(description="subtract the cluster split's mean feature first (DSM: no)")
+    segment_n_init: int = Field(ge=1, description="restarts of the per-image k-means on the eigenvectors")
+    segment_iters: int = Field(ge=1)
+    background: Literal["none", "border"] = Field(
+        description="border: per image, the segment with most border patches is the background class")
+    regions: Literal["mean", "crops"] = Field(
+        description="what represents a segment: its mean feature, or its eroded/dilated box re-encoded ([CLS])")
+    erode: int = Field(ge=0, description="crops only: erosions of a segment's mask before its box")
+    dilate: int = Field(ge=0, description="crops only: dilations after the erosions")
+    crop_size: int = Field(ge=1, description="crops only: the backbone's square input, a multiple of its patch")
+    pca_dim: int = Field(ge=0, description="PCA dimension of the segment embeddings before k-means (0: none)")
+    n_clusters: int = Field(ge=0, description="K; 0: the dataset's number of classes")
+    n_init: int = Field(ge=1, description="dataset-level k-means restarts; the lowest inertia wins (no labels)")
+    iters: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DSMConfig:
+        if len(self.colour_neighbours) != len(self.colour_distance_weights):
+            raise ValueError("dsm.colour_neighbours and dsm.colour_distance_weights must have one entry each per KNN")
+        if self.adaptive and self.eigenvectors < 3:
+            raise ValueError("dsm.adaptive needs dsm.eigenvectors >= 3 (the eigengap skips the first gap)")
+        return self
 
 
 class DSMSegmenter(torch.nn.Module):
@@ -87,8 +126,6 @@ class SplitImages:
     came from (the crops)."""
 
     def __init__(self, cfg: Config, split: str):
-        from bench.data import SegmentationSplit, dataset_spec, locate
-
         spec = dataset_spec(cfg)
         self.images = SegmentationSplit(spec, locate(spec, cfg.data.local_copy, cfg.data.download_dir), split,
                                         with_labels=False)
@@ -96,8 +133,6 @@ class SplitImages:
 
     def at(self, names: list[str], size: tuple[int, int]) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] at ``size`` (bilinear, antialiased)."""
-        from bench.data import resize_image
-
         missing = [n for n in names if n not in self.index]
         if missing:
             raise KeyError(f"images {missing[:3]} of the cached features are not in split {self.images.split!r}")
@@ -115,9 +150,6 @@ class DSMRegions:
         self.images = SplitImages(cfg, split) if needs_images else None
         self.extractor = None
         if s.regions == "crops":
-            from acseg.features import ViTFeatures
-            from bench.backbones import get_backbone_spec, load_backbone
-
             self.patch = get_backbone_spec(cfg.backbone.name).patch_size
             if s.crop_size % self.patch:
                 raise ValueError(f"invalid parameter dsm.crop_size={s.crop_size}: must be a multiple of the patch "
@@ -179,8 +211,6 @@ class DSMPredictor(Predictor):
         self.model, self.regions, self.n_clusters, self.counts = model, regions, n_clusters, []
 
     def __call__(self, features, size, cls_attention, names):
-        from bench.evaluate import Prediction
-
         segments, embeddings, present, background = self.regions(features, names)
         classes = self.model.classify(embeddings.to(self.model.centroids.device))
         classes = classes.masked_fill(background.to(classes.device), self.n_clusters - 1)
@@ -197,6 +227,13 @@ class DSMPredictor(Predictor):
 
 class DSMMethod(Method):
     name = "dsm"
+    config = DSMConfig
+
+    def report_note(self, cfg: Config) -> str:
+        d = cfg.dsm
+        return (f"Deep Spectral Methods: {d.eigenvectors} eigenvectors of the normalised Laplacian of max(0, cos) per "
+                f"image, {d.segments} segments, then k-means of the segment means over the cluster split; where it "
+                "differs from the published code: bench/methods/dsm.py")
     title = "Deep Spectral Methods"
 
     def n_clusters(self, cfg: Config) -> int:

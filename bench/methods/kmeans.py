@@ -8,13 +8,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from acseg.features import centred_pixels
 from acseg.kmeans import centroid_scores, kmeans
-from bench.config import Config
+from bench.config import Config, Section
+from bench.evaluate import Prediction
 from bench.features import CachedFeatures, load_features
-from bench.methods import register_method
-from bench.methods.base import Fitted, History, Method, Predictor, feature_mean
+from bench.methods.base import Fitted, History, Method, Predictor, check_overclustering, feature_mean, register_method
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+class KMeansConfig(Section):
+    """DINO k-means, the floor: K clusters over the patch features of the cluster split."""
+
+    k: int = Field(ge=0, description="0: the dataset's number of classes")
+    cosine: bool
+    centre: bool
+    n_init: int = Field(ge=1, description="restarts; the lowest inertia wins (no labels involved)")
+    iters: int = Field(ge=1)
+    max_points: int = Field(ge=1, description="patches drawn from the cluster split to fit the centroids")
+    overcluster_k: int = Field(ge=0, description=">0: also fit K' > classes, the separate over-clustering metric")
 
 
 class KMeansSegmenter(torch.nn.Module):
@@ -50,13 +65,12 @@ class SegmenterPredictor(Predictor):
         self.model = model
 
     def __call__(self, features, size, cls_attention, names):
-        from bench.evaluate import Prediction
-
         return Prediction(self.model(features, size))
 
 
 class KMeansMethod(Method):
     name = "kmeans"
+    config = KMeansConfig
     title = "DINO k-means (floor)"
 
     def n_clusters(self, cfg: Config) -> int:
@@ -64,6 +78,9 @@ class KMeansMethod(Method):
 
     def overcluster_k(self, cfg: Config) -> int:
         return cfg.kmeans.overcluster_k
+
+    def check(self, cfg: Config, n_classes: int) -> None:
+        check_overclustering("kmeans.overcluster_k", cfg.kmeans.overcluster_k, n_classes, cfg.data.dataset)
 
     def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
         feats = load_features(cfg, cfg.data.cluster_split)

@@ -22,23 +22,83 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from acseg.features import centred_pixels
 from acseg.kmeans import centroid_scores, kmeans
 from acseg.stego import (ClusterProbe, CorrespondenceWeights, SegmentationHead, bilinear_points, calibrated_shifts,
                          derangement, feature_correlation, knn_table, stego_loss)
-from bench.config import Config, StegoConfig, identity
+from bench.config import Config, Section, added_option, identity
 from bench.data import atomic_path
 from bench.features import CachedFeatures, five_crop_features, five_crop_view, load_features
-from bench.methods import register_method
-from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, feature_mean
+from bench.methods.base import Fitted, History, Method, Predictor, TrainingDiverged, feature_mean, register_method
+from bench.methods.kmeans import SegmenterPredictor
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+class StegoConfig(Section):
+    """STEGO trained on cached features (docs/protocol.md). The methods ``stego`` (cluster probe),
+    ``stego_kmeans`` (k-means on the trained codes) and ``stego_published`` (the published shifts) each read their
+    own section of this type (conf/config.yaml makes the two variants copies of ``stego``)."""
+
+    code_dim: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1, description="whole feature channels, per image")
+    knn: int = Field(ge=1, description="neighbours kept per image in the k-NN table")
+    knn_draw: int = Field(ge=1, description="a positive is drawn uniformly from the nearest knn_draw")
+    feature_samples: int = Field(ge=1, description="an S x S set of points per image in the loss")
+    neg_samples: int = Field(ge=0, description="random-image pairings per step")
+    pointwise: bool = Field(description="centre each point's feature correlations")
+    zero_clamp: bool
+    w_self: float
+    w_knn: float
+    w_rand: float
+    shift_self: float = Field(description="used when shifts is published or manual")
+    shift_knn: float
+    shift_rand: float
+    shifts: Literal["calibrated", "published", "manual"] = Field(
+        description="calibrated: each term's shift is the quantile of the training split's feature correlations "
+                    "that makes repel_<term> of its sampled pairs repel (the default wherever no recipe for the "
+                    "backbone and dataset was published); published/manual: shift_self/knn/rand as given")
+    repel_self: float = Field(gt=0, lt=1, description="calibrated: the fraction of self pairs that repel")
+    repel_knn: float = Field(gt=0, lt=1, description="calibrated: the fraction of k-NN pairs that repel")
+    repel_rand: float = Field(gt=0, lt=1, description="calibrated: the fraction of random-image pairs that repel")
+    calibration_batches: int = Field(ge=1, description="calibrated: sampled batches the correlations are drawn from")
+    sampling: Literal["patches", "continuous"] = Field(
+        description="points at patch centres, or at continuous coordinates read bilinearly (STEGO's own)")
+    correlation_dropout: bool = Field(description="F from the features after the head's dropout (STEGO's own code)")
+    five_crop_ratio: float = added_option(
+        0.0, "0: train on the training split's whole images (the feature cache's); 0 < r < 1: on five crops of each "
+             "(its four corners and centre, each r of its height and width, re-encoded at the features' input size: "
+             "STEGO's own training views, r = 0.5 there)", ge=0, lt=1)
+    five_crop_zoom: bool = added_option(
+        True, "five crops: true: each crop resized to the features' input size (the scene seen 1/r times larger than "
+              "in the whole images it is evaluated on, as STEGO trains); false: each crop keeps the whole image's "
+              "scale (r of its input size)")
+    probe_reseed_every: int = Field(ge=0, description="steps between re-seeding probe centroids that won no point "
+                                                       "(0: never)")
+    kmeans_n_init: int = Field(ge=1, description="the k-means readout of the codes: restarts, lowest inertia wins")
+    kmeans_iters: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=2, description="the random-image term needs at least 2 images a batch")
+    lr: float = Field(gt=0, description="head")
+    probe_lr: float = Field(gt=0, description="cluster probe")
+    log_every: int = Field(ge=1)
+    centre: bool = Field(description="subtract the training split's mean feature (STEGO: raw features)")
+
+    @model_validator(mode="after")
+    def _draw(self) -> StegoConfig:
+        if self.knn_draw > self.knn:
+            raise ValueError(f"stego.knn_draw={self.knn_draw} must be between 1 and stego.knn={self.knn}")
+        return self
 TERMS = ("self", "knn", "rand")
 
 
@@ -267,11 +327,26 @@ def split_codes(model: StegoSegmenter, feats: CachedFeatures, device: torch.devi
 class StegoMethod(Method):
     """One STEGO variant: its params section (``self.name``), where its shifts come from, its readout."""
 
+    config = StegoConfig  # each variant reads its own section of this type, under its name
+
     def __init__(self, name: str, title: str, readout: str):
         self.name, self.title, self.readout = name, title, readout
+        self.steps_key = f"{name}.steps"
 
     def section(self, cfg: Config) -> StegoConfig:
         return getattr(cfg, self.name)
+
+    def report_note(self, cfg: Config) -> str | None:
+        if self.name != "stego":  # one note for the three variants
+            return None
+        st, pub = cfg.stego, cfg.stego_published
+        return (f"STEGO: trained on cached features for {st.steps} steps, weights self/k-NN/random "
+                f"{st.w_self}/{st.w_knn}/{st.w_rand}; `stego` and `stego_kmeans` (one training, two readouts) with "
+                f"shifts {st.shifts} (repel fractions {st.repel_self}/{st.repel_knn}/{st.repel_rand} of the sampled "
+                f"pairs), `stego_published` with the published shifts {pub.shift_self}/{pub.shift_knn}/"
+                f"{pub.shift_rand}; last step kept; one setting was chosen with val labels, on CamVid val: centring "
+                "the features (`stego.centre`; evidence: the sweep studies/sweeps/stego_details.yaml); no setting "
+                "was chosen with test labels")
 
     def fit(self, cfg: Config, seed: int, device: torch.device, progress: bool = True) -> Fitted:
         s = self.section(cfg)
@@ -330,8 +405,6 @@ class StegoMethod(Method):
                               readout=facts["readout"])
 
     def predictor(self, cfg, model, facts, device, split) -> Predictor:
-        from bench.methods.kmeans import SegmenterPredictor
-
         return SegmenterPredictor(model)
 
 

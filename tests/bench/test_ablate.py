@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench.ablate import AXES, grid, parse_axes, point_config
+from bench.ablate import ALIASES, grid, parse_axes, point_config
 from bench.cli import app
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.schema import load_config
 from tests.bench.test_pipeline import invoke, workdir  # noqa: F401 (the fixture)
 from tests.conftest import PARAMS, make_config
 
@@ -72,7 +73,7 @@ def test_sweeps_come_from_the_params_and_unknown_names_are_clear_errors():
     with pytest.raises(ConfigError, match="unknown sweep"):
         run_sweeps(cfg, ["nope"])
     assert cfg.hash() == make_config().hash()  # the plan is not part of any run's identity
-    assert set(AXES) >= {"prototypes", "loss", "depth", "self_attention", "feature", "backbone", "classifier"}
+    assert set(ALIASES) >= {"prototypes", "loss", "depth", "self_attention", "feature", "backbone", "classifier"}
 
 
 def test_unknown_loss_via_cli_is_one_clear_line():
@@ -101,12 +102,12 @@ def test_a_real_sweep_writes_rows_nests_runs_and_reuses_points(workdir, monkeypa
     nested = runs[runs["tags.mlflow.parentRunId"] == parent]
     assert len(nested) == 12  # train + evaluate for 3 points x 2 seeds
 
-    import bench.runs
+    import bench.ablate
 
     def fail(*a, **k):
         raise AssertionError("a point with metrics for the same config was trained again")
 
-    monkeypatch.setattr(bench.runs, "run_train", fail)
+    monkeypatch.setattr(bench.ablate, "run_train", fail)  # what a sweep's point calls
     invoke("ablate", "--prototypes", "3", "--seeds", "1", "--quiet", "--out", "reports/again.csv")
     again = pd.read_csv(workdir / "reports/again.csv")
     assert again.miou.tolist() == df[df.value.isin([4, 3]) & (df.seed == 1)].miou.tolist()
@@ -133,7 +134,7 @@ def test_two_workers_share_one_feature_cache_and_give_the_serial_numbers(workdir
 def _ensure_in_child(params: str, cache_dir: str, spec, split: str) -> int:
     """In a fresh process: ensure a split's features; 1 if this process extracted them, else 0."""
     import bench.features as f
-    from bench.config import load_config
+    from bench.schema import load_config
     from bench.datasets import register_dataset
 
     register_dataset(spec)

@@ -4,7 +4,8 @@ own settings apply, the environment only says where things are, and locations st
 import pytest
 import yaml
 
-from bench.config import Config, ConfigError, load_config, with_overrides
+from bench.config import Config, ConfigError, with_overrides
+from bench.schema import load_config
 from tests.conftest import PARAMS, ROOT, make_config
 
 

@@ -59,7 +59,7 @@ def test_dsm_trains_and_evaluates_end_to_end_with_and_without_crf(tmp_path, synt
 def test_dsm_crops_reencode_each_segment_with_the_backbone(tmp_path, synthetic_dataset, no_tracking, monkeypatch):
     from timm.models.vision_transformer import VisionTransformer
 
-    import bench.backbones
+    import bench.methods.dsm
     from bench.runs import load_fitted, run_evaluate, run_train
 
     def tiny_vit(cfg):  # a one-block ViT with the configured patch (14): a second, not seconds, per load
@@ -67,7 +67,7 @@ def test_dsm_crops_reencode_each_segment_with_the_backbone(tmp_path, synthetic_d
         return VisionTransformer(img_size=28, patch_size=14, embed_dim=24, depth=1, num_heads=2,
                                  dynamic_img_size=True), "tiny-test"
 
-    monkeypatch.setattr(bench.backbones, "load_backbone", tiny_vit)
+    monkeypatch.setattr(bench.methods.dsm, "load_backbone", tiny_vit)  # where DSM's crops load it
     spec, root = synthetic_dataset
     cfg = make_config(tmp_path, root, **dsm(regions="crops", crop_size=28, segments=4))
     write_features(cfg, "train", spec, root)

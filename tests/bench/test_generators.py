@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import make_config as base_config
-from bench.generators import (GENERATORS, compare_with_reference, concept_claim, generator_perf_rows,
-                              generator_table, generators_report_lines, read_generator_results, run_generators)
+from bench.concept_study import read_generator_results, run_generators
+from bench.generators import GENERATORS
+from bench.report.concepts import compare_with_reference, concept_claim, generator_table, generators_report_lines
 from tests.bench.test_robustness import GRID, make_config, write_features
 
 
@@ -113,7 +114,7 @@ def test_each_difference_from_the_acg_comes_with_welchs_p():
 
 def test_perf_rows_time_every_generator_on_the_same_features(tmp_path, trained):
     from bench.features import load_features
-    from bench.perf import first_images
+    from bench.perf import first_images, generator_perf_rows
 
     evaluated = first_images(load_features(trained, "val"), 2)
     rows = generator_perf_rows(trained, evaluated, load_features(trained, "train"), min_seconds=0.01,

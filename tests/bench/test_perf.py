@@ -1,11 +1,14 @@
 """`acseg-bench perf` on a tiny synthetic dataset with a random backbone: the CSV has exactly its columns and every
 required measure, ratios are the ratios of the measured rates, a split without a cache is extracted for the run
-only, the real cache is untouched; the FLOP formulas against torch's FLOP counter; the batched k-means is
-acseg/kmeans.py's algorithm. No timing asserted."""
+only, the real cache is untouched; the FLOP formulas against torch's FLOP counter; the k-means timed is the
+pipeline's own (acseg.batched_kmeans through the study's generator); the layers (bench.timing under
+bench.generators under bench.perf). No timing asserted."""
 
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,18 +16,9 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.perf import (
-    PROFILE_PREFIX,
-    REQUIRED,
-    Measure,
-    batched_kmeans,
-    concept_step_flop_terms,
-    kmeans_flop_terms,
-    ratio,
-    repro_rows,
-    steps_per_second,
-    write_report,
-)
+from bench.perf import PROFILE_PREFIX, REQUIRED, Measure, repro_rows, write_report
+from bench.perf.concepts import concept_step, concept_step_flop_terms, kmeans_flop_terms, kmeans_iterations
+from bench.timing import matmul_flops, ratio, steps_per_second
 
 runner = CliRunner()
 
@@ -34,7 +28,7 @@ def perf_params(tmp_path_factory):
     """A params file for the synthetic dataset (random ViT, 56x70, tiny ACSeg and STEGO) and its evaluation split's
     feature cache (the training split has none: the suite extracts what it needs for the run)."""
     from bench import data as data_mod
-    from bench.config import load_config
+    from bench.schema import load_config
     from bench.features import ensure_features
     from tests.conftest import PARAMS, write_synthetic_dataset
 
@@ -126,6 +120,7 @@ def test_markdown_says_how_it_was_made_and_the_real_cache_is_untouched(perf_run)
     assert "## Where the feature pipeline's time goes" in md and "| vit_forward_features |" in md
     assert "| scikit-learn KMeans per image, current defaults (the paper's comparison) |" in md
     assert "(its FLOPs per image / the concept step's) x" in md
+    assert "acseg.batched_kmeans.batched_kmeans(cosine=True" in md  # the pipeline's k-means, not a copy
     # the training split had no cache: its first images were extracted for the run, into a cache of its own
     assert "no feature cache of the split" in md and "its first 3 images extracted by this run" in md
     assert sorted(str(p.relative_to(tmp)) for p in (tmp / "cache").rglob("*")) == cache_before
@@ -137,13 +132,14 @@ def test_markdown_says_how_it_was_made_and_the_real_cache_is_untouched(perf_run)
 def test_a_subset_dataset_is_its_first_images(perf_params):
     """The feature measure's subset (a regression: the dataset's bind once handed back the whole dataset, so the
     pipeline extracted the whole split while the rate divided by N)."""
-    from bench.config import load_config, with_overrides
+    from bench.config import with_overrides
+    from bench.schema import load_config
     from bench.data import SegmentationSplit, dataset_spec, locate
-    from bench.perf import _FirstImages, _registered
+    from bench.perf.common import FirstImages, registered
 
     cfg = load_config(perf_params / "params.yaml")
-    subset = _FirstImages(dataset_spec(cfg), 1)
-    with _registered(subset):
+    subset = FirstImages(dataset_spec(cfg), 1)
+    with registered(subset):
         spec = dataset_spec(with_overrides(cfg, {"data.dataset": subset.name}))
         root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
         assert spec.name == subset.name and len(SegmentationSplit(spec, root, "val")) == 1
@@ -178,20 +174,10 @@ def test_steps_are_timed_after_the_warm_up_by_the_first_optimizer():
 # ------------------------------------------------------------------------------------------- FLOPs, k-means
 
 
-def _matmul_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
 @pytest.mark.parametrize("self_attention", [True, False])
 def test_concept_step_flops_match_torchs_count_of_its_matrix_products(self_attention):
     from acseg.concept_generator import ConceptGenerator
     from acseg.model import ACSeg
-    from bench.perf import concept_step
 
     torch.manual_seed(0)
     b, h, w, d = 2, 6, 8, 48
@@ -203,50 +189,54 @@ def test_concept_step_flops_match_torchs_count_of_its_matrix_products(self_atten
     # gradients on and the math attention: nn.MultiheadAttention's products as matmuls torch's counter sees (its
     # fused inference path and the CPU flash kernel are not counted)
     with sdpa_kernel(SDPBackend.MATH):
-        counted = _matmul_flops(lambda: concept_step(model, features))
+        counted = matmul_flops(lambda: concept_step(model, features))
     matmul, elementwise = concept_step_flop_terms(model.generator, h * w, d)
     assert counted == b * matmul
     assert 0 < elementwise < 0.5 * matmul
 
 
-def test_batched_kmeans_flops_match_torchs_count_and_the_iterations_it_ran():
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_kmeans_flops_match_torchs_count_of_the_pipelines_batched_kmeans(restarts):
+    """The formula is acseg.batched_kmeans' (cosine), and the Lloyd iterations read back from torch's count are
+    the ones it ran (a negative tol: no image ever converges, every iteration runs)."""
+    from acseg.batched_kmeans import batched_kmeans
+
     torch.manual_seed(0)
-    x = torch.randn(3, 40, 16)
-    k = 4
-    labels, centroids, iterations = batched_kmeans(x, k, iters=7, tol=0.0)  # tol 0: every iteration runs
-    assert iterations == 7 and labels.shape == (3, 40) and centroids.shape == (3, k, 16)
-    counted = _matmul_flops(lambda: batched_kmeans(x, k, iters=7, tol=0.0))
-    assert counted == 3 * kmeans_flop_terms(40, 16, k, 7)[0]
+    b, n, d, k, iters = 3, 40, 16, 4, 7
+    x = torch.randn(b, n, d)
+    counted = matmul_flops(lambda: batched_kmeans(x, k, iters=iters, n_init=restarts, cosine=True, tol=-1.0))
+    assert counted == b * kmeans_flop_terms(n, d, k, iters * restarts, restarts)[0]
+    assert kmeans_iterations(counted / b, n, d, k, restarts) == iters * restarts
+    # converged early: fewer iterations read back, at least one per restart
+    early = matmul_flops(lambda: batched_kmeans(x, k, iters=50, n_init=restarts, cosine=True))
+    assert restarts <= kmeans_iterations(early / b, n, d, k, restarts) <= 50 * restarts
 
 
-def test_batched_kmeans_is_the_harness_kmeans_of_each_image(monkeypatch):
-    """Given the same initial centroids, every image of a batch gets the labels, centroids and iteration count
-    of acseg.kmeans.kmeans(cosine=True) on that image alone (the k-means++ draws differ only in the random
-    stream)."""
-    import torch.nn.functional as F
+def test_the_kmeans_timed_is_the_study_generators_which_runs_acseg_batched_kmeans(monkeypatch):
+    """No private copy: the suite's k-means step is the registry's ``kmeans`` generator, whose call lands in
+    acseg.batched_kmeans.batched_kmeans with cosine=True and the generators.kmeans settings."""
+    from types import SimpleNamespace
 
-    import acseg.kmeans as km
+    import acseg.generators
+    from bench.perf.concepts import kmeans_step
+    from tests.conftest import make_config
 
-    generator = torch.Generator().manual_seed(0)
-    k, n, d = 4, 60, 8
-    centres = F.normalize(torch.randn(3, k, d, generator=generator), dim=-1) * 4
-    # three images of well-separated blobs (different blob counts per image, so they converge at different steps)
-    x = torch.stack([(centres[i][torch.arange(n) % k] + 0.6 * torch.randn(n, d, generator=generator))
-                     for i in range(3)])
-    xn = F.normalize(x, dim=-1)
-    init = torch.stack([xn[i][torch.randperm(n, generator=generator)[:k]] for i in range(3)])
-    labels, centroids, _ = batched_kmeans(x, k, init=init)
-    for i in range(3):
-        monkeypatch.setattr(km, "kmeans_plus_plus", lambda points, kk, g, cosine, i=i: init[i].clone())
-        alone = km.kmeans(x[i], k, cosine=True, iters=50)
-        assert torch.equal(alone.labels, labels[i])
-        torch.testing.assert_close(alone.centroids, centroids[i], rtol=1e-5, atol=1e-6)
+    cfg = make_config()
+    calls = []
+    real = acseg.generators.batched_kmeans
+    monkeypatch.setattr(acseg.generators, "batched_kmeans", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    step = kmeans_step(cfg, SimpleNamespace(feature_mean=torch.zeros(8)), torch.device("cpu"))
+    ids = step.assign(torch.randn(2, 4, 5, 8))
+    assert ids.shape == (2, 20) and len(calls) == 1
+    s = cfg.generators.kmeans
+    assert calls[0] == {"seed": 0, "iters": s.iters, "n_init": s.n_init, "cosine": True}
 
 
-def test_batched_kmeans_reseeds_empty_clusters_and_is_seeded():
-    x = torch.zeros(2, 10, 4)
-    x[:, :, 0] = 1  # every point the same: k-means++ falls back to uniform draws, clusters go empty
-    labels, centroids, _ = batched_kmeans(x, 3)
-    assert labels.shape == (2, 10) and torch.isfinite(centroids).all()
-    y = torch.randn(2, 30, 5)
-    assert torch.equal(batched_kmeans(y, 3, seed=1)[0], batched_kmeans(y, 3, seed=1)[0])
+def test_the_layers_timing_under_generators_under_perf():
+    """bench.timing imports nothing of the harness; the concept generators and their study do not import
+    bench.perf (no cycle: perf sits above them and reuses their code)."""
+    code = ("import sys, bench.timing; assert not [m for m in sys.modules if m.startswith('bench.') "
+            "and m != 'bench.timing'], sorted(sys.modules)\n"
+            "import bench.generators, bench.concept_study; assert 'bench.perf' not in sys.modules\n"
+            "import bench.perf")
+    subprocess.run([sys.executable, "-c", code], check=True)

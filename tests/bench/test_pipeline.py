@@ -113,12 +113,12 @@ def test_same_config_and_seed_give_identical_metrics(workdir):
 def test_second_run_reuses_the_feature_cache(workdir, monkeypatch):
     invoke("fetch")
     invoke("features", "--quiet")
-    import bench.backbones
+    import bench.features
 
     def fail(*a, **k):
         raise AssertionError("the backbone was loaded again instead of reusing the cache")
 
-    monkeypatch.setattr(bench.backbones, "load_backbone", fail)
+    monkeypatch.setattr(bench.features, "load_backbone", fail)  # what an extraction calls
     invoke("features", "--quiet")
 
 

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.schema import load_config
 from tests.bench.test_robustness import make_config, no_tracking, write_features  # noqa: F401
 from tests.conftest import PARAMS
 

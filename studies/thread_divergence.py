@@ -1,14 +1,15 @@
-"""Where a float-rounding difference grows in ACSeg (issue 19, item 3): the same seed trained on 1 and on 2 torch
-threads (another order of float sums, as on another processor), in float32 and in float64, watched step by step.
+"""Where a float-rounding difference grows in ACSeg: the same seed trained on 1 and on 2 torch threads (another
+order of float sums, as on another processor), in float32 and in float64, watched step by step.
 
 For each precision: the generator's parameters after every ``--every`` steps of both trainings, as the relative
 distance ||theta_1 - theta_2|| / ||theta_2||; after training, the share of val patches whose concept differs between
-the two generators (by prototype slot, and by partition: slots matched per image); and, the generator held fixed (the 2-thread one), the share of the cluster split's concept
-regions that the classifier's k-means puts in another class when it runs on 1 thread instead of 2 (classes matched
-by the Hungarian method). Rows to reports/variants/thread_divergence_<dataset>.csv, the curves beside them (.png).
+the two generators (by prototype slot, and by partition: slots matched per image); and, the generator held fixed
+(the 2-thread one), the share of the cluster split's concept regions that the classifier's k-means puts in another
+class when it runs on 1 thread instead of 2 (classes matched by the Hungarian method). Rows to
+reports/variants/thread_divergence_<dataset>.csv, the curves beside them (.png).
 
-    python pipelines/thread_divergence.py [--dataset camvid] [--seed 0] [--every 5] [--precision float32 ...]
-                                          [--set section.field=value ...] [--out PATH]
+    python studies/thread_divergence.py [--dataset camvid] [--seed 0] [--every 5] [--precision float32 ...]
+                                        [--set section.field=value ...] [--out PATH]
 
 ``--set`` trains another configuration than the default (e.g. acseg.intensity_temperature=0.1); give it its own
 ``--out``. The CSVs measured before pinned arithmetic (README, Stability) come back with
@@ -31,6 +32,19 @@ def flat_parameters(optimizer) -> "torch.Tensor":
     import torch
 
     return torch.cat([p.detach().double().flatten() for group in optimizer.param_groups for p in group["params"]])
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -62,24 +76,22 @@ def compare_threads(cfg, seed: int, every: int, device) -> list[dict]:
     from acseg.assignment import hard_assignment
     from acseg.classifier import fit_concept_classifier
     from acseg.metrics import matched_disagreement
-    from bench.config import with_overrides
     from bench.features import load_features
     from bench.methods import get_method
-    from bench.methods.acseg import PRECISION, collect_regions, train_generator
-    from bench.runs import training_threads
+    from bench.methods.acseg import collect_regions, train_generator
 
     precision, dataset, rows = cfg.acseg.train.precision, cfg.data.dataset, []
     train, cluster = load_features(cfg, cfg.data.train_split), load_features(cfg, cfg.data.cluster_split)
     val = load_features(cfg, cfg.data.eval_split)
     k = get_method("acseg").n_clusters(cfg)
-    on = {threads: with_overrides(cfg, {"run.train_threads": threads}) for threads in (1, 2)}
     taken, models = {}, {}
     for threads in (1, 2):
-        with training_threads(on[threads]), snapshots(every) as taken[threads]:
+        with torch_threads(threads), snapshots(every) as taken[threads]:
             models[threads], _ = train_generator(cfg, seed, train, k, device, progress=False)
     row = {"dataset": dataset, "precision": precision, "seed": seed}
     for step, theta in taken[2].items():
-        rows.append({**row, "step": step, "relative_difference": ((taken[1][step] - theta).norm() / theta.norm()).item()})
+        gap = ((taken[1][step] - theta).norm() / theta.norm()).item()
+        rows.append({**row, "step": step, "relative_difference": gap})
     with torch.no_grad():  # the concepts of every val image under each generator
         concepts = [[c for start in range(0, len(val), 16)
                      for images in val.groups(range(start, min(start + 16, len(val))))
@@ -93,9 +105,9 @@ def compare_threads(cfg, seed: int, every: int, device) -> list[dict]:
     regions, _ = collect_regions(models[2], cluster, device)
     labels, c = {}, cfg.acseg.classifier
     for threads in (1, 2):
-        with training_threads(on[threads]):
+        with torch_threads(threads):
             labels[threads] = fit_concept_classifier(regions, k, seed=seed, cosine=c.cosine, iters=c.iters,
-                                                     n_init=c.n_init, dtype=PRECISION[precision]).labels
+                                                     n_init=c.n_init, dtype=getattr(torch, precision)).labels
     region_share = matched_disagreement(labels[1], labels[2], k)
     last = rows[-1]["relative_difference"]
     rows.append({**row, "step": "val_patches", "relative_difference": patch_share})
@@ -109,7 +121,7 @@ def compare_threads(cfg, seed: int, every: int, device) -> list[dict]:
 
 
 def main() -> None:
-    from bench.config import load_config
+    from bench.schema import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="camvid")
@@ -127,8 +139,6 @@ def main() -> None:
         pin()  # before torch starts (both trainings run in this process)
     import torch
 
-    from bench.data import write_csv_atomic
-
     device, rows = torch.device("cpu"), []
     for precision in args.precision or ("float32", "float64"):
         cfg = load_config("params.yaml", dataset=args.dataset,
@@ -137,15 +147,18 @@ def main() -> None:
             rows += compare_threads(cfg, seed, args.every, device)
     df = pd.DataFrame(rows)
     out = Path(args.out or f"reports/variants/thread_divergence_{args.dataset}.csv")
-    write_csv_atomic(out, df)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
     figure(df, out.with_suffix(".png"), " ".join(args.set))
     print(f"-> {out}, {out.with_suffix('.png')}")
 
 
 def figure(df: pd.DataFrame, path: Path, config: str = "") -> None:
-    from bench.figures import pyplot
+    import matplotlib
 
-    plt = pyplot()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     curves = df[pd.to_numeric(df.step, errors="coerce").notna()].astype({"step": int})
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     several_seeds = curves.seed.nunique() > 1

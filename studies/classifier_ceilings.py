@@ -1,14 +1,14 @@
-"""The concept classifier's ceiling for each label-free way of embedding a region (issue 19, item 2): the classifier
-(k-means over the region embeddings of the cluster split into K = classes, every pixel taking its region's class)
-fitted and applied on GROUND-TRUTH partitions (each patch's majority class), so the partitions are perfect and only
-the classifier is measured. Labels only diagnose here: they make the partitions; nothing is fitted on them.
+"""The concept classifier's ceiling for each label-free way of embedding a region: the classifier (k-means over the
+region embeddings of the cluster split into K = classes, every pixel taking its region's class) fitted and applied
+on GROUND-TRUTH partitions (each patch's majority class), so the partitions are perfect and only the classifier is
+measured. Labels only diagnose here: they make the partitions; nothing is fitted on them.
 
 Variants: which cached features a region's mean is taken of (tokens, keys, both: the L2-normalised means side by
 side), raw or centred by the training split's mean, regions weighted by their size or not. The classifier's own
 settings (cosine, restarts, iterations) are acseg.classifier's. Rows to reports/classifier_ceilings.csv (one per
 dataset, variant and classifier seed); the k-means floor of the same dataset beside them in the printout.
 
-    python pipelines/classifier_ceilings.py [--dataset D ...] [--seeds 0,1,2]
+    python studies/classifier_ceilings.py [--dataset D ...] [--seeds 0,1,2]
 
 Run from the repository root after `dvc repro` (it reads the feature cache and reports/results.csv). About a
 minute per dataset on 2 CPU cores.
@@ -17,6 +17,7 @@ minute per dataset on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 
@@ -36,12 +37,10 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from bench.config import load_config, with_overrides
-    from bench.data import SegmentationSplit, dataset_spec, locate, write_csv_atomic
+    from bench.data import SegmentationSplit, dataset_spec, locate
     from bench.diagnose import ceiling_miou, ground_truth_regions
     from bench.features import load_features
-    from bench.methods.base import feature_mean
-    from bench.stats import summarise
+    from bench.schema import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: every dataset of benchmark.datasets")
@@ -61,8 +60,9 @@ def main() -> None:
         regions = {}  # (feature type, centred, split) -> ground-truth regions
         for types, centred, _ in VARIANTS.values():
             for t in types:
-                typed = with_overrides(cfg, {"features.type": t})
-                mean = feature_mean(load_features(typed, cfg.data.train_split), centred)
+                typed = load_config("params.yaml", dataset=dataset, overrides=[f"features.type={t}"])
+                # the training split's mean feature (what the harness centres by), or none
+                mean = load_features(typed, cfg.data.train_split).all_rows().float().mean(0) if centred else 0.0
                 for split, read_label in splits.items():
                     if (t, centred, split) not in regions:
                         regions[t, centred, split] = ground_truth_regions(
@@ -83,14 +83,14 @@ def main() -> None:
                              "n_init": cc.n_init})
                 print(f"{dataset} {name} seed {seed}: ceiling {miou:.2f}", flush=True)
     df = pd.DataFrame(rows)
-    write_csv_atomic(args.out, df)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
     results = pd.read_csv(cfg.run.results_csv)
     for dataset, d in df.groupby("dataset", sort=False):
         floor = results[(results.dataset == dataset) & (results.method == "kmeans") & ~results.crf.astype(bool)].miou
         print(f"{dataset}: k-means floor (tokens, pixels) {floor.mean():.2f} +- {floor.std():.2f}")
-        for name, v in d.groupby("variant", sort=False):
-            s = summarise(v.ceiling_miou.tolist())
-            print(f"  {name}: ceiling {s.mean:.2f} +- {s.std:.2f}")
+        for name, v in d.groupby("variant", sort=False):  # mean +- sample std over the classifier seeds
+            print(f"  {name}: ceiling {v.ceiling_miou.mean():.2f} +- {v.ceiling_miou.std():.2f}")
     print(f"-> {args.out}")
 
 

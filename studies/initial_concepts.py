@@ -1,9 +1,9 @@
-"""How alike an image's concepts are before training (issue 19, item 3): the untrained concept generator a
-training of that seed starts from (bench.methods.acseg.untrained_model), applied to every val image; the mean cosine between the image's concepts and
-the median margin by which a patch's winning concept beats the runner-up. At a cosine near 1 every winner, in the
-assignment and in the loss's max over concepts, is decided by rounding-sized margins.
+"""How alike an image's concepts are before training: the untrained concept generator a training of that seed
+starts from (bench.methods.acseg.untrained_model), applied to every val image; the mean cosine between the image's
+concepts and the median margin by which a patch's winning concept beats the runner-up. At a cosine near 1 every
+winner, in the assignment and in the loss's max over concepts, is decided by rounding-sized margins.
 
-    python pipelines/initial_concepts.py [--dataset camvid ...] [--scales 1,10,100] [--seeds 0,1,2]
+    python studies/initial_concepts.py [--dataset camvid ...] [--scales 1,10,100] [--seeds 0,1,2]
 
 Reads the feature cache (after `dvc repro`); rows to reports/variants/initial_concepts.csv. Seconds.
 """
@@ -45,8 +45,7 @@ def concept_similarity(cfg, seed: int) -> dict:
 
 
 def main() -> None:
-    from bench.config import load_config
-    from bench.data import write_csv_atomic
+    from bench.schema import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: benchmark.datasets")
@@ -65,7 +64,8 @@ def main() -> None:
                 print(f"{dataset} prototype_scale {scale:g} seed {seed}: concepts' mean cosine "
                       f"{r['concept_cosine_mean']:.3f}, median patch margin {r['patch_margin_median']:.4f}", flush=True)
     out = Path(args.out)
-    write_csv_atomic(out, pd.DataFrame(rows).round(4))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).round(4).to_csv(out, index=False)
     print(f"-> {out}")
 
 

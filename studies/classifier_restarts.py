@@ -1,10 +1,10 @@
-"""How much the concept classifier's choice hangs on small differences (issue 19, item 3): the k-means over the concept
-regions of a trained ACSeg generator, restarted from independent k-means++ draws; the restarts sorted by inertia,
-each with its inertia above the best and the share of regions it puts in another class than the best (classes
-matched by the Hungarian method). Where solutions that class many regions otherwise lie within a hair of the best
-inertia, a small change of the regions (another generator, however close) can make another one win.
+"""How much the concept classifier's choice hangs on small differences: the k-means over the concept regions of a
+trained ACSeg generator, restarted from independent k-means++ draws; the restarts sorted by inertia, each with its
+inertia above the best and the share of regions it puts in another class than the best (classes matched by the
+Hungarian method). Where solutions that class many regions otherwise lie within a hair of the best inertia, a small
+change of the regions (another generator, however close) can make another one win.
 
-    python pipelines/classifier_restarts.py [--dataset camvid ...] [--seeds 0,1,2] [--restarts 50] [--top 6]
+    python studies/classifier_restarts.py [--dataset camvid ...] [--seeds 0,1,2] [--restarts 50] [--top 6]
 
 Reads the benchmark's trained ACSeg runs (runs/<dataset>/acseg/seed*, after `dvc repro`); rows to
 reports/variants/classifier_restarts.csv. About a minute per dataset on 2 CPU cores.
@@ -26,7 +26,7 @@ def restarts(cfg, seed: int, n_restarts: int) -> list:
     from acseg.kmeans import kmeans
     from bench.features import load_features
     from bench.methods.acseg import collect_regions
-    from bench.runs import load_fitted
+    from bench.store import load_fitted
 
     device, c = torch.device("cpu"), cfg.acseg.classifier
     model, facts = load_fitted(cfg, "acseg", seed, device)[:2]
@@ -40,13 +40,13 @@ def restarts(cfg, seed: int, n_restarts: int) -> list:
 
 def main() -> None:
     from acseg.metrics import matched_disagreement
-    from bench.config import load_config
-    from bench.data import write_csv_atomic
+    from bench.schema import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="default: benchmark.datasets")
     parser.add_argument("--seeds", help="comma list (default: benchmark.seeds)")
-    parser.add_argument("--restarts", type=int, default=50, help="independent k-means++ draws (the classifier's n_init)")
+    parser.add_argument("--restarts", type=int, default=50,
+                        help="independent k-means++ draws (the classifier's n_init)")
     parser.add_argument("--top", type=int, default=6, help="restarts listed per run, best first")
     parser.add_argument("--out", default="reports/variants/classifier_restarts.csv")
     args = parser.parse_args()
@@ -69,7 +69,8 @@ def main() -> None:
                   f"{max(r['regions_classed_otherwise_pct'] for r in near):.1f} % of {len(best.labels)} regions "
                   "otherwise", flush=True)
     out = Path(args.out)
-    write_csv_atomic(out, pd.DataFrame(rows).round(4))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).round(4).to_csv(out, index=False)
     print(f"-> {out}")
 
 

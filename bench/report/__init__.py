@@ -14,22 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import tracking
 from bench.ablate import axis_title
+from bench.concept_study import read_generator_results
+from bench.config import Config
+from bench.data import get_spec, write_text_atomic
+from bench.datasets import dataset_title
+from bench.figures import pyplot, qualitative_grid
+from bench.methods import get_method, method_title
+from bench.report.concepts import generators_report_lines
+from bench.runs import load_examples
 from bench.stats import format_ci, format_p, format_summary, summarise, welch
 
-def method_title(name: str) -> str:
-    from bench.methods import METHODS
-
-    return METHODS[name].title if name in METHODS else name
+__all__ = ["ReportInputs", "build_report", "run_report"]
 
 
-def dataset_title(name: str) -> str:
-    from bench.datasets import DATASETS
-
-    return DATASETS[name].title if name in DATASETS else name
-
-
-# The paper's claims (docs/method.md), each with the dataset it was made on: never compared across datasets.
+# The paper's claims (docs/methods/acseg.md), each with the dataset it was made on: never compared across datasets.
 PAPER_CLAIMS = [
     ("ACSeg mIoU", "VOC 2012 val", "47.1 +- 2.4"),
     ("ACSeg mIoU", "COCO-Stuff-27 val", "16.4 +- 0.9"),
@@ -133,14 +133,10 @@ def _sorted_values(values: pd.Series) -> list:
 
 
 def _axes(figsize: tuple[float, float]):
-    from bench.figures import pyplot
-
     return pyplot().subplots(figsize=figsize)
 
 
 def _save(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
-    from bench.figures import pyplot
-
     plt = pyplot()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -212,8 +208,6 @@ def figure_qualitative(examples: dict[str, list], path: Path, seed: int, ignore_
     """Image / ground truth / each method's matched prediction, one row per fixed evaluation image."""
     if not examples:
         return None
-    from bench.figures import qualitative_grid
-
     methods = list(examples)
     n = min(len(rows) for rows in examples.values())
     rows = [(*examples[methods[0]][r][:3], *(examples[m][r][3] for m in methods)) for r in range(n)]
@@ -230,8 +224,6 @@ def _md(df: pd.DataFrame) -> str:
 
 def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
     """Write ``out_dir``/README.md and ``out_dir``/figures/*.png; returns the README path."""
-    from bench.data import write_text_atomic
-
     out = Path(out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -267,7 +259,7 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
         if stego is not None:
             lines += [f"STEGO on {title}: its shifts, and per term the fraction of sampled training pairs that attract "
                       "(their feature correlation F above the shift) and their mean F (means over seeds; the "
-                      "calibrated shifts make a fixed fraction repel, README \"STEGO's shifts\").", "", _md(stego), ""]
+                      "calibrated shifts make a fixed fraction repel, docs/findings/stego_calibration.md).", "", _md(stego), ""]
         concepts = figure_concepts(inputs.concepts.get(dataset), figures / f"concepts_per_image_{dataset}.png", title)
         if concepts:
             lines += [f"![concepts per image, {title}](figures/{concepts.name})", ""]
@@ -285,8 +277,6 @@ def build_report(inputs: ReportInputs, out_dir: str | Path) -> Path:
             if fig:
                 lines += [f"![{fig.stem}](figures/{fig.name})", ""]
     if inputs.generators is not None and not inputs.generators.empty:
-        from bench.generators import generators_report_lines
-
         lines += generators_report_lines(inputs.generators, figures)
     lines += ["## The paper's claims and what this harness measured", "",
               "The paper's numbers are on its datasets; the numbers measured here are on the datasets named above. "
@@ -318,3 +308,38 @@ def _measured_claims(inputs: ReportInputs) -> list[str]:
             g = a[a.axis == "loss"].groupby("value").miou.mean().sort_values(ascending=False)
             out.append(f"- loss variants on {here}, by mean mIoU: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
     return out + [""]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def run_report(cfg: Config, ablations: str | Path | None, out: str | Path) -> Path:
+    """reports/README.md and figures from the results CSV, the ablations CSV (if present) and the runs' saved
+    examples and segment counts (bench/report.py)."""
+    results_csv = Path(cfg.run.results_csv)
+    if not results_csv.is_file():
+        raise FileNotFoundError(f"no results at {results_csv}: run `acseg-bench results` (or `dvc repro`) first")
+    ablation_table = pd.read_csv(ablations) if ablations and Path(ablations).is_file() else None
+    results = pd.read_csv(results_csv)
+    seed = cfg.benchmark.seeds[0]
+    base = Path(cfg.run.runs_dir)
+    concepts, examples, ignore = {}, {}, {}
+    for dataset in results.dataset.unique():
+        files = sorted((base / dataset / "acseg").glob("seed*/segments_per_image.csv"))
+        if files:
+            concepts[dataset] = pd.concat([pd.read_csv(f).rename(columns={"segments": "concepts"})
+                                           .assign(seed=int(f.parent.name[len("seed"):])) for f in files])
+        examples[dataset] = {m: load_examples(p) for m in cfg.benchmark.methods
+                             if (p := base / dataset / m / f"seed{seed}" / "examples.npz").is_file()}
+        ignore[dataset] = get_spec(dataset).ignore_index
+    notes = [note for m in cfg.benchmark.methods if m in set(results.method)
+             and (note := get_method(m).report_note(cfg))]
+    if ablation_table is not None:
+        notes.append(f"every ablation point is trained for {cfg.ablations.train_steps} steps "
+                     "(`ablations.train_steps`), its default point included, so an ablation table compares like with "
+                     "like")
+    generators = read_generator_results(cfg.generators.out_dir) if Path(cfg.generators.out_dir).is_dir() else None
+    inputs = ReportInputs(results, ablation_table, concepts, command="dvc repro", config_hash=cfg.hash(),
+                          git_commit=tracking.git_commit(), notes=notes, examples=examples, examples_seed=seed,
+                          ignore_index=ignore, generators=generators)
+    return build_report(inputs, out)
