@@ -150,3 +150,14 @@ def test_the_environment_is_read_in_one_module_only():
     offenders = [p.relative_to(ROOT) for p in (ROOT / "bench").rglob("*.py") if p.name != "config.py"
                  and ("os.environ" in p.read_text() or "getenv" in p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("dataset", ["camvid", "stanford_background"])
+def test_the_composed_schema_keeps_the_identity_of_every_stored_run(dataset):
+    """The schema is assembled from the registries; the identity it hashes is the one every committed run was made
+    under (runs/<dataset>/<method>/seed0/metrics.json), whatever the order the sections are registered in."""
+    import json
+
+    cfg = load_config(PARAMS, dataset=dataset, environment={})
+    stored = {json.loads(p.read_text())["config_hash"] for p in (ROOT / "runs" / dataset).glob("*/seed0/metrics.json")}
+    assert stored == {cfg.hash()}
