@@ -67,21 +67,21 @@ def check_names(cfg: config.Config) -> None:
     selected dataset pass."""
     for where, names in (("benchmark.datasets", cfg.benchmark.datasets), ("data.dataset", [cfg.data.dataset]),
                          ("ablations.dataset", [cfg.ablations.dataset])):
-        unknown = [n for n in names if n not in DATASETS]
-        if unknown:
-            raise ConfigError(f"invalid parameters: {where}: unknown dataset {unknown[0]!r}; known: {sorted(DATASETS)}")
-    unknown = [m for m in cfg.benchmark.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"invalid parameters: benchmark.methods: unknown method {unknown[0]!r}; known: "
-                          f"{sorted(METHODS)}")
+        _registered(where, names, DATASETS)
+    _registered("benchmark.methods", cfg.benchmark.methods, METHODS)
     outside = [m for m in cfg.benchmark.crf_methods if m not in cfg.benchmark.methods]
     if outside:
         raise ConfigError(f"invalid parameters: benchmark.crf_methods: {outside[0]!r} is not one of benchmark.methods")
-    unknown = [g for g in cfg.generators.names if g not in GENERATORS]
-    if unknown:
-        raise ConfigError(f"invalid parameters: generators.names: unknown concept generator {unknown[0]!r}; known: "
-                          f"{sorted(GENERATORS)}")
+    _registered("generators.names", cfg.generators.names, GENERATORS)
     n_classes = DATASETS[cfg.data.dataset].n_classes
     for method in METHODS.values():
         if method.config is not None:
             method.check(cfg, n_classes)
+
+
+def _registered(where: str, names: list[str], registry) -> None:
+    """Every name at ``where`` is an entry of ``registry``, else one error naming the first unknown and the known."""
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ConfigError(f"invalid parameters: {where}: unknown {registry.kind} {unknown[0]!r}; known: "
+                          f"{sorted(registry)}")
