@@ -34,7 +34,7 @@ from bench.data import write_csv_atomic
 from bench.methods import METHODS, get_method
 from bench.runs import run_evaluate, run_features, run_train
 from bench.schema import schema
-from bench.store import run_dir
+from bench.store import model_path, run_dir, stale_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -335,11 +335,13 @@ def run_point(cfg: Config, seed: int, progress: bool, method: str) -> dict:
 
 
 def finished(cfg: Config, method: str, seed: int) -> dict | None:
-    """The metrics of a run evaluated with exactly this config (same config hash, same recorded options), or None."""
+    """The metrics of a run evaluated with exactly this config (same config hash, same recorded options) from the
+    model beside them, or None."""
     metrics_path = run_dir(cfg, method, seed) / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        if metrics.get("config_hash") == cfg.hash() and get_method(method).reusable(cfg, metrics):
+        if (metrics.get("config_hash") == cfg.hash() and get_method(method).reusable(cfg, metrics)
+                and stale_evaluation(metrics, model_path(cfg, method, seed)) is None):
             log.info("reusing %s (same config)", metrics_path)
             return metrics
     return None

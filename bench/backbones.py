@@ -7,6 +7,8 @@ same place: a file (or a seeded random init) whose checksum is recorded with eve
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +53,10 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 
 def weights_tag(cfg: BackboneConfig) -> str:
-    """What identifies the weights in cache keys and results: the checksum, or 'random' / 'hub'."""
+    """What identifies the weights in cache keys and results: the checksum of the file, of the random network, or
+    'hub'."""
     if cfg.weights == "random":
-        return "random"
+        return random_weights(cfg.name)[1]
     return cfg.weights_sha256 or "hub"
 
 
@@ -109,17 +112,26 @@ def create_vit(name: str) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
 
 
+@functools.cache
+def random_weights(name: str) -> tuple[torch.nn.Module, str]:
+    """The random control of ``name`` (timm's initialisation from seed 0: one fixed network, not a new one per run)
+    and its checksum. Its values depend on the process's float arithmetic (oneMKL's code branch rounds the
+    initialisers' erfinv differently), so the checksum, not the word 'random', identifies it in cache keys."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vit = create_vit(name)
+    digest = hashlib.sha256()
+    for k, v in sorted(vit.state_dict().items()):
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().numpy().tobytes())
+    return vit, "random-" + digest.hexdigest()
+
+
 def load_backbone(cfg: BackboneConfig) -> tuple[torch.nn.Module, str]:
     """(timm ViT with the configured weights, weights checksum)."""
     if cfg.weights == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(0)  # the control is one fixed random network, not a new one per run
-            vit = create_vit(cfg.name)
-        digest = hashlib.sha256()
-        for k, v in sorted(vit.state_dict().items()):
-            digest.update(k.encode())
-            digest.update(v.detach().cpu().numpy().tobytes())
-        return vit, "random-" + digest.hexdigest()
+        vit, digest = random_weights(cfg.name)
+        return copy.deepcopy(vit), digest
     path = resolve_weights_file(cfg)
     # Built on the meta device: timm's random initialisation (most of the load's time) would be overwritten by the
     # file anyway. The file's tensors are taken as they are (assign), cast to the parameters' dtypes first, as

@@ -8,6 +8,8 @@ commands, so ``--help`` is instant.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,6 +30,23 @@ MethodOpt = Annotated[str, typer.Option("--method", help="A registered method (`
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 CrfOpt = Annotated[bool, typer.Option("--crf", help="Dense-CRF post-processing (params section crf); results go to "
                                       "the run's crf/ folder with crf=true.")]
+
+# --verbose/-v, before the command or after it (every command takes it: `acseg-bench train -v` is what one types
+# after an error): debug logging, and _fail prints the traceback of the exception behind its one line.
+_verbose = False
+
+
+def _verbosity(value: bool) -> bool:
+    """--verbose before the command (the app's callback, which resets it for each invocation) or after it."""
+    global _verbose
+    if value:
+        _verbose = True
+        logging.getLogger().setLevel(logging.DEBUG)
+    return value
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", callback=_verbosity, help="Debug logging, and the "
+                                          "traceback of an error.")]
 
 
 # Where the work of `features`, `ablate` and `benchmark` runs (bench/cluster.py; docs/cluster.md).
@@ -100,21 +119,109 @@ def _arithmetic(cfg, methods) -> None:
 
 
 def _fail(message: str):
+    """One line, exit code 2; with --verbose, first the traceback of the exception being handled (if any)."""
+    if _verbose and sys.exc_info()[0] is not None:
+        import traceback
+
+        typer.echo(traceback.format_exc().rstrip(), err=True)
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
 def _guard(fn, *args, **kwargs):
-    """Run a step; expected failures (bad data, weights, params) become one clear line, exit code 2."""
+    """Run a step; expected failures (bad data, weights, params, files, disks) become one clear line, exit code 2.
+    Anything else is a bug and keeps its traceback."""
     from bench.backbones import WeightsError
+    from bench.cache import CacheError
     from bench.config import ConfigError
     from bench.data import DatasetError
     from bench.methods import TrainingDiverged
+    from bench.store import RunError
 
     try:
         return fn(*args, **kwargs)
-    except (DatasetError, WeightsError, ConfigError, TrainingDiverged, FileNotFoundError, ValueError) as e:
+    except (DatasetError, WeightsError, CacheError, RunError, ConfigError, TrainingDiverged) as e:  # say what to do
         _fail(str(e))
+    except Exception as e:  # judged by _user_error; what is not a user's error (a bug) is raised again
+        message = _user_error(e)
+        if message is None:
+            raise
+        _fail(message)
+
+
+# What to do about an OSError, by errno: the folders a run writes can be moved with --set.
+_MOVE = "or point run.runs_dir / features.cache_dir elsewhere with --set"
+
+
+def _user_error(e: Exception) -> str | None:
+    """The one line for an exception caused by the user's files or machine, or None for anything else (a bug)."""
+    import errno
+
+    def raised_by(module: str, name: str) -> bool:  # a module not imported (nor imported here) raised nothing
+        cls = getattr(sys.modules.get(module), name, None)
+        return isinstance(cls, type) and isinstance(e, cls)
+
+    where = None if isinstance(e, OSError) and e.filename is not None else _file_of(e)
+    if isinstance(e, OSError):
+        if e.filename is None:  # our own FileNotFoundError messages name their file; PIL's errors do not
+            return f"{where}: {e}" if where and where not in str(e) else str(e)
+        path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+        reason = f"[Errno {e.errno}] {e.strerror}"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"cannot write {path}: {reason} (free space on that disk, {_MOVE})"
+        if e.errno == errno.EROFS or (e.errno in (errno.EACCES, errno.EPERM) and (
+                not os.path.exists(e.filename) or os.access(e.filename, os.R_OK))):  # readable: a write failed
+            return f"cannot write {path}: {reason} (make it writable for you, {_MOVE})"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot read {path}: {reason} (make it readable for you)"
+        return f"{path}: {reason}"
+    if isinstance(e, UnicodeDecodeError):
+        return (f"cannot read {where or 'a text file'}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+                f"{e.start}: {e.reason}); save it as UTF-8")
+    if raised_by("PIL.Image", "DecompressionBombError"):
+        return f"cannot read {where or 'an image'}: {e} (PIL refuses images this large)"
+    # A bad model file makes torch.load raise anything (EOFError, RuntimeError, KeyError, UnpicklingError): what it
+    # raised is judged by where (a TypeError there: torch.load called wrongly, a bug). Click would turn an EOFError
+    # (pickle's error for an empty file) into a bare "Aborted!".
+    torch_load = os.path.join("torch", "serialization.py")
+    in_torch_load = any(f.f_code.co_name == "load" and f.f_code.co_filename.endswith(torch_load) for f in _frames(e))
+    if raised_by("safetensors", "SafetensorError") or isinstance(e, EOFError) or (
+            in_torch_load and not isinstance(e, TypeError)):
+        why = str(e).splitlines()[0].split(". ")[0] if str(e) else "it ends too early"
+        return (f"cannot load {where or 'a saved file'}: {type(e).__name__}: {why} (an empty, truncated or corrupt "
+                "file: delete it and rerun the step that writes it)")
+    if isinstance(e, ValueError):
+        return _one_line(str(e))
+    return None
+
+
+def _one_line(text: str) -> str:
+    """A library's message of several lines (Hydra's, OmegaConf's) as one."""
+    import re
+
+    return re.sub(r"\s*\n\s*", "; ", text.strip()).replace(":; ", ": ").replace(".; ", ". ")
+
+
+def _frames(e: BaseException) -> list:
+    """The frames an exception passed, innermost first."""
+    import traceback
+
+    return [frame for frame, _ in traceback.walk_tb(e.__traceback__)][::-1]
+
+
+def _file_of(e: BaseException) -> str | None:
+    """The file an exception was reading, for errors that do not say (a decode error, a corrupt pickle): from the
+    frames it passed, innermost first, an open file's name or a path argument naming an existing file."""
+    import io
+
+    for frame in _frames(e):
+        for name in ("f", "fp", "file", "filename", "path"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+            if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+                return os.fspath(value)
+    return None
 
 
 def _seeds(cfg, seed: int | None) -> list[int]:
@@ -122,19 +229,23 @@ def _seeds(cfg, seed: int | None) -> list[int]:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False):
+def main(verbose: VerboseOpt = False):
+    global _verbose
+    _verbose = verbose  # one process may run several invocations (tests)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command()
-def fetch(dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+def fetch(dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+          verbose: VerboseOpt = False):
     """Download (or take a local copy of) a dataset and verify every file; writes data/<dataset>.json."""
-    from bench.runs import manifest_path, run_fetch
+    from bench.data import record_path
+    from bench.runs import run_fetch
 
     cfg = _config(params, dataset, set_)
     record = _guard(run_fetch, cfg)
     typer.echo(f"verified {record['title']}: {record['splits_present']} (absent: {record['splits_absent']}) "
-               f"-> {manifest_path(cfg.data.dataset)}")
+               f"-> {record_path(cfg.data.dataset)}")
 
 
 @app.command()
@@ -153,7 +264,7 @@ def features(
     executor: ExecutorOpt = "local", partition: PartitionOpt = None, time: TimeOpt = 120, cpus_per_task: CpusOpt = 1,
     gpus_per_task: GpusOpt = 0, mem: MemOpt = None, logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
-    quiet: QuietOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
     """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split):
     here, in shards, or as Slurm jobs. The merged entry of N shards is bitwise the serial one."""
@@ -187,7 +298,7 @@ def features(
 @app.command()
 def train(method: MethodOpt = "acseg", seed: SeedOpt = None, dataset: DatasetOpt = None,
           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
-          quiet: QuietOpt = False):
+          quiet: QuietOpt = False, verbose: VerboseOpt = False):
     """Fit a method on the cached features (ACSeg: concept generator, then concept classifier; k-means: centroids;
     STEGO: head and cluster probe, last step kept)."""
     cfg = _config(params, dataset, set_, device)
@@ -205,7 +316,7 @@ def evaluate(
     method: Annotated[Optional[str], typer.Option("--method", help="A registered method (default: every method of "
                                                   "benchmark.methods; with --crf, of benchmark.crf_methods).")] = None,
     seed: SeedOpt = None, crf: CrfOpt = False, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
-    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+    set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
     """Evaluate trained runs on the evaluation split (Hungarian-matched mIoU and accuracy). Several runs (no --method
     or no --seed) are evaluated in one pass: features and labels read once, each image's CRF kernels built once."""
@@ -227,7 +338,8 @@ def evaluate(
 
 @app.command()
 def diagnose(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
-             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+             set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+             verbose: VerboseOpt = False):
     """Where ACSeg falls short: modularity and majority-class oracle of its concepts vs per-image k-means.
 
     The oracle uses labels to judge partitions only; nothing is tuned or selected with it.
@@ -271,7 +383,7 @@ def ablate(
     time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0, mem: MemOpt = None,
     logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-    device: DeviceOpt = None, quiet: QuietOpt = False,
+    device: DeviceOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
     """Sweep ACSeg's choices: each axis a comma list (e.g. --prototypes 5,10,20), several axes = their grid, every
     point x seed trained (ablations.train_steps steps) and evaluated on the cached features of ablations.dataset, one
@@ -337,6 +449,7 @@ def benchmark(
     time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0, mem: MemOpt = None,
     logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
     params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ):
     """Train and evaluate every dataset x method x seed of the benchmark (dvc.yaml's train and evaluate stages, in
     their run folders), features first: here, or as one Slurm job array (--executor slurm). Runs already evaluated
@@ -370,7 +483,7 @@ def study(
                                                                        "(Slurm).")] = 1,
     partition: PartitionOpt = None, time: TimeOpt = 120, cpus_per_task: CpusOpt = 1, gpus_per_task: GpusOpt = 0,
     mem: MemOpt = None, logs: LogsOpt = Path("logs/slurm"), slurm_arg: SlurmArgOpt = None,
-    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False,
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
     """Run a study: named whole configurations (each a method with its overrides) side by side on its datasets and
     seeds, through the same steps as an ablation; a benchmark run of the same config is reused. Writes the rows,
@@ -379,15 +492,21 @@ def study(
 
     import yaml
 
+    # Read here what the configurations need before torch starts (the study's set, datasets and methods); run_study
+    # reads the file again and reports whatever else is wrong with it (a wrong shape is left to it).
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except yaml.YAMLError as e:
         _fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
-    common = [*(set_ or []), *(f"{k}={json.dumps(v)}" for k, v in ((raw or {}).get("set") or {}).items())]
-    datasets = (raw or {}).get("datasets") or [None]
-    bases = {d: _config(params, d, common) for d in datasets}
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(_user_error(e))
+    raw = raw if isinstance(raw, dict) else {}
+    sets, points = ({} if not isinstance(raw.get(k), dict) else raw[k] for k in ("set", "points"))
+    datasets = [d for d in raw["datasets"] if isinstance(d, str)] if isinstance(raw.get("datasets"), list) else []
+    common = [*(set_ or []), *(f"{k}={json.dumps(v)}" for k, v in sets.items())]
+    bases = {d: _config(params, d, common) for d in datasets or [None]}
     first = next(iter(bases.values()))
-    _arithmetic(first, [p.get("method") for p in ((raw or {}).get("points") or {}).values() if isinstance(p, dict)])
+    _arithmetic(first, [p.get("method") for p in points.values() if isinstance(p, dict)])
     from bench.studies import run_study
 
     where = _executor(executor, jobs, partition, time, cpus_per_task, gpus_per_task, mem, logs, slurm_arg)
@@ -397,7 +516,7 @@ def study(
 
 
 @app.command()
-def ablations(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+def ablations(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, verbose: VerboseOpt = False):
     """Collect every sweep of ablations.sweeps into ablations.out_csv (one tidy row per run)."""
     from bench.ablate import collect_ablations
 
@@ -406,7 +525,7 @@ def ablations(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 
 
 @app.command()
-def results(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
+def results(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, verbose: VerboseOpt = False):
     """Collect every evaluated run of the benchmark's datasets and methods into run.results_csv."""
     from bench.runs import collect_results
 
@@ -418,7 +537,7 @@ def results(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None):
 def report(
     ablations: Annotated[str, typer.Option(help="Ablations CSV (skipped when absent; 'none': not used).")] = "reports/ablations.csv",
     out: Annotated[Path, typer.Option("--out", help="Folder of the report (README.md + figures/).")] = Path("reports"),
-    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, verbose: VerboseOpt = False,
 ):
     """Build reports/README.md and its figures from the results and ablations CSVs (nothing recomputed)."""
     from bench.report import run_report
@@ -433,12 +552,20 @@ def compose_params(
                                                              "acseg.prototypes=5.")] = None,
     out: Annotated[Path, typer.Option("--out", help="The params file to write.")] = Path("params.yaml"),
     conf: Annotated[Path, typer.Option("--conf", help="The Hydra config folder.")] = Path("conf"),
+    verbose: VerboseOpt = False,
 ):
     """Compose conf/ into params.yaml, exactly as `dvc exp run` does (for a plain `dvc repro` after editing conf/)."""
     from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import HydraException
 
-    compose_and_dump(out, str(conf.resolve()), None, "config", str(Path(".dvc/hydra_plugins").resolve()),
-                     list(overrides or []))
+    def compose() -> None:
+        try:
+            compose_and_dump(out, str(conf.resolve()), None, "config", str(Path(".dvc/hydra_plugins").resolve()),
+                             list(overrides or []))
+        except HydraException as e:  # caught before _guard: several lines, and some are OSErrors naming no file
+            _fail(f"cannot compose {conf}: {_one_line(str(e).split('Config search path:')[0])}")
+
+    _guard(compose)
     _config(out, None, [])  # validated
     typer.echo(str(out))
 
@@ -462,7 +589,7 @@ def perf(
     repro_timing: Annotated[Path, typer.Option("--repro-timing", help="dvc repro timings to copy in (written by "
                                                "pipelines/time_repro.sh), if present.")] = Path("reports/repro_timing.json"),
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
-    quiet: QuietOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
     """Speed and memory, side by side on the same images: feature pipeline vs bare timm (with its profile), ACSeg's
     inference vs the backbone's forward, the concept step vs per-image scikit-learn k-means and the study's
@@ -489,15 +616,16 @@ def perf(
     argv += (["--out", str(out)] if out != Path("reports") else [])
     for s in set_ or []:
         argv += ["--set", s]
-    csv_path, md_path = write_report(rows, out, shlex.join(argv), machine(resolve_device(cfg.run.device)),
-                                     repro_processor(repro_timing))
+    csv_path, md_path = _guard(lambda: write_report(rows, out, shlex.join(argv),
+                                                    machine(resolve_device(cfg.run.device)),
+                                                    repro_processor(repro_timing)))
     for r in rows:
         typer.echo(f"{r.measure}: {r.value:.4g} {r.unit}")
     typer.echo(f"-> {csv_path}, {md_path}")
 
 
 @app.command()
-def datasets():
+def datasets(verbose: VerboseOpt = False):
     """The registered datasets: name, classes, where a local copy may be named, how to get each."""
     from bench.datasets import DATASETS
 
@@ -509,7 +637,7 @@ def datasets():
 
 
 @app.command()
-def methods():
+def methods(verbose: VerboseOpt = False):
     """The registered methods (benchmark.methods and --method name them)."""
     from bench.methods import METHODS
 
@@ -523,6 +651,7 @@ def predict(
     out: Annotated[Path, typer.Argument(help="Folder for <name>.png label maps and <name>_overlay.png.")],
     seed: Annotated[int, typer.Option(help="Which trained model (runs/<dataset>/acseg/seed<N>).")] = 0,
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
+    verbose: VerboseOpt = False,
 ):
     """Segment a folder of images with a trained ACSeg model: label PNGs and colour overlays.
 
@@ -539,7 +668,8 @@ def predict(
 
 @app.command()
 def generators(seed: SeedOpt = None, dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"),
-               set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False):
+               set_: SetOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+               verbose: VerboseOpt = False):
     """Concept generators (ACSeg's ACG, per-image k-means, adaptive k-means, spectral) through ACSeg's own concept
     classifier: mIoU, oracle mIoU, concept retrieval top-1/top-5, concepts per image, images/s, FLOPs per image."""
     cfg = _config(params, dataset, set_, device)

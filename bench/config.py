@@ -340,7 +340,7 @@ def read_params(params: str | Path = "params.yaml", dataset: str | None = None,
         except yaml.YAMLError as e:
             raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
     try:
-        values = OmegaConf.load(path)
+        values = _load_params(path)
         for key, value in cli:
             OmegaConf.update(values, key, value, merge=False)
         name = dataset or (OmegaConf.select(values, "benchmark.datasets") or [None])[0]
@@ -356,6 +356,55 @@ def read_params(params: str | Path = "params.yaml", dataset: str | None = None,
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
     locate(resolved, os.environ if environment is None else environment, location_variable)
     return resolved
+
+
+def _load_params(path: Path) -> Any:
+    """A params file as a DictConfig, or a one-line ConfigError with the position yaml gives (OmegaConf.load's own
+    errors are ~30 lines of yaml internals, and an empty file or a top-level list passes it and fails later, far
+    from the cause)."""
+    import io
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    def at(mark: Any) -> str:
+        return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"params file {path}: {why}")
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise fail(f"cannot read it ([Errno {e.errno}] {e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise fail(f"not valid UTF-8: byte 0x{data[e.start]:02x} (line {line}, column {column}); save it as "
+                   "UTF-8") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)  # syntax, and the top level's kind before building values
+        if not isinstance(root, yaml.MappingNode):
+            found = ("nothing (an empty file)" if root is None else "a list" if isinstance(root, yaml.SequenceNode)
+                     else f"a single value {root.value[:40]!r}")
+            raise fail(f"the top level must be a mapping of sections (benchmark:, data:, ...), found {found}")
+        # OmegaConf's own loader (its float and timestamp rules); it rejects a duplicate key at any depth, where
+        # yaml.safe_load would let a second `acseg:` replace the first section silently
+        return OmegaConf.load(io.StringIO(text))
+    except yaml.YAMLError as e:
+        problem = (getattr(e, "problem", None) or str(e).splitlines()[0]).removeprefix("but ")
+        mark = getattr(e, "problem_mark", None)
+        if isinstance(e, yaml.reader.ReaderError):  # a control character: yaml gives its offset only
+            mark = yaml.Mark(str(path), e.position, text.count("\n", 0, e.position),
+                             e.position - text.rfind("\n", 0, e.position) - 1, None, None)
+        if problem.startswith("found duplicate key "):
+            raise fail(f"duplicate key {problem.removeprefix('found duplicate key ')!r}{at(mark)}: each key may "
+                       "appear once (the second would silently replace the first)") from None
+        context = getattr(e, "context", None)
+        where = (f", {context}{at(e.context_mark)}"  # e.g. where an unclosed bracket opened
+                 if context and e.context_mark is not None else "")
+        raise fail(f"{problem}{at(mark)}{where}") from None
 
 
 def validated(values: dict[str, Any], schema: type[Config]) -> Config:

@@ -5,8 +5,10 @@ VOC 2012, COCO-Stuff-27, Cityscapes-27). It is fetched once (downloaded from its
 local copy) and verified: CamVid file by file against the checksum manifest kept in this repository
 (``bench/manifests``), the others by their archives' published checksums and by the presence of every file their
 split lists name. Splits that are absent altogether are reported as absent; a split that is present but
-incomplete or altered is an error naming the files. Reading decodes each dataset's labels into class ids with
-its void id (:meth:`~bench.datasets.base.DatasetSpec.decode_label`).
+incomplete or altered is an error naming the files. Fetch then decodes every image and label once (a file cut
+after its header passes every other check) and records one fingerprint per split (a sha256 over its samples'
+contents), which the feature cache keys on. Reading decodes each dataset's labels into class ids with its void id
+(:meth:`~bench.datasets.base.DatasetSpec.decode_label`).
 
 This module keeps the harness's one entry point to all of it; the functions below dispatch to the spec.
 """
@@ -22,12 +24,13 @@ import numpy as np
 import torch
 
 from bench.datasets import DATASETS, DatasetError, DatasetSpec, Sample, SplitAbsent, get_spec, register_dataset
-from bench.datasets.base import md5_file, read_image, sha256_file
+from bench.datasets.base import decode_check, md5_file, read_image, sha256_file
 from bench.datasets.camvid import MANIFESTS, ManifestDataset
 
 __all__ = ["DATASETS", "dataset_spec", "MANIFESTS", "DatasetError", "DatasetSpec", "ManifestDataset", "Sample", "SegmentationSplit",
-           "SplitAbsent", "fetch", "fetch_record", "get_spec", "load_image", "locate", "md5_file",
-           "read_manifest", "register_dataset", "sha256_file", "split_files", "verify", "write_json_atomic"]
+           "SplitAbsent", "decode_check", "fetch", "fetch_record", "get_spec", "load_image", "locate", "md5_file",
+           "read_manifest", "register_dataset", "sha256_file", "split_files", "split_fingerprint", "verify",
+           "write_json_atomic"]
 
 
 def dataset_spec(cfg) -> DatasetSpec:
@@ -51,10 +54,18 @@ def verify(spec: DatasetSpec, root: Path) -> dict[str, int]:
     return spec.verify(Path(root))
 
 
-def fetch(spec: DatasetSpec, local_copy: str | None, download_dir: str) -> tuple[Path, dict[str, int]]:
-    """Locate (local copy) or download the dataset, verify it, return (root, {split: n_images})."""
+def fetch(spec: DatasetSpec, local_copy: str | None, download_dir: str,
+          progress: bool = True) -> tuple[Path, dict[str, int]]:
+    """Locate (local copy) or download the dataset, verify it, decode every image and label of its present splits
+    once (:func:`~bench.datasets.base.decode_check`), return (root, {split: n_images}). A present split with no
+    image is an error: every later step would fail on it further from the cause."""
     root = spec.fetch(local_copy, download_dir)
-    return root, spec.verify(root)
+    splits = spec.verify(root)
+    empty = [s for s, n in splits.items() if n == 0]
+    if empty:
+        raise DatasetError(f"{spec.title} at {root}: split {empty[0]!r} holds no image. To get it: {spec.how_to_get}")
+    decode_check(spec, root, splits, progress=progress)
+    return root, splits
 
 
 def locate(spec: DatasetSpec, local_copy: str | None, download_dir: str) -> Path:
@@ -62,17 +73,32 @@ def locate(spec: DatasetSpec, local_copy: str | None, download_dir: str) -> Path
     return spec.locate(local_copy, download_dir)
 
 
-def fetch_record(spec: DatasetSpec, splits: dict[str, int], root: Path) -> dict:
-    """The fetch stage's output: what was verified, free of machine-specific paths (so DVC's hash is stable)."""
+def fetch_record(spec: DatasetSpec, splits: dict[str, int], root: Path, progress: bool = True) -> dict:
+    """The fetch stage's output: what was verified, free of machine-specific paths (so DVC's hash is stable), with
+    ``split_fingerprints`` {split: sha256 over the split's samples' contents} of every present split
+    (:meth:`~bench.datasets.base.DatasetSpec.fingerprints`; call it after :func:`fetch`, whose verify checked the
+    manifest the fingerprints of CamVid-style datasets come from)."""
     return {
         "dataset": spec.name,
         "title": spec.title,
         **spec.record(Path(root)),
         "splits_present": splits,
         "splits_absent": [s for s in spec.splits if s not in splits],
+        "split_fingerprints": spec.fingerprints(Path(root), splits, progress=progress),
         "classes": list(spec.class_names),
         "ignore_index": spec.ignore_index,
     }
+
+
+def split_fingerprint(record: dict, split: str) -> str:
+    """A split's fingerprint from a fetch record (``data/<dataset>.json``); a record written before fingerprints
+    existed, or without that split, is an error saying to fetch again."""
+    digest = (record.get("split_fingerprints") or {}).get(split)
+    if not digest:
+        name = record.get("dataset", "<dataset>")
+        raise DatasetError(f"data/{name}.json has no fingerprint for split {split!r}: run `acseg-bench fetch "
+                           f"--dataset {name}`")
+    return digest
 
 
 @contextmanager
@@ -164,3 +190,23 @@ class SegmentationSplit(torch.utils.data.Dataset):
             image = resize_image(image, self.size(tuple(image.shape[1:])) if callable(self.size) else self.size)
         label = torch.from_numpy(self.read_label(i)) if self.with_labels else torch.empty(0)
         return image, label, self.names[i]
+
+
+# ------------------------------------------------------------------------------------------ the fetch record
+
+
+def record_path(dataset: str) -> Path:
+    """The fetch stage's record of what was verified, ``data/<dataset>.json`` (a DVC output per dataset)."""
+    return Path("data") / f"{dataset}.json"
+
+
+def read_record(dataset: str) -> dict:
+    """The fetch record of ``dataset``; absent or unreadable: an error saying to run fetch."""
+    path = record_path(dataset)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"no fetch record {path}: run `acseg-bench fetch --dataset {dataset}` first") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read the fetch record {path} ({e}): run `acseg-bench fetch --dataset {dataset}` "
+                           "again") from None

@@ -22,7 +22,8 @@ from acseg.stego import FIVE_CROPS, five_crop_boxes
 from bench import cache
 from bench.backbones import get_backbone_spec, load_backbone
 from bench.config import Config, with_overrides
-from bench.data import SegmentationSplit, dataset_spec, locate, resize_image
+from bench.data import (DatasetError, SegmentationSplit, dataset_spec, locate, read_record, record_path,
+                        resize_image, split_fingerprint)
 from bench.datasets.base import image_size
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,13 @@ def ensure_features(cfg: Config, split: str, progress: bool = True) -> Path:
     One forward pass yields every feature type (tokens and keys), so the pass writes every type's entry that is
     missing: an ablation over feature types costs one extraction, not one per type."""
     path, meta = _entry(cfg, split)
-    if cache.is_valid(path, meta):
-        log.info("feature cache hit: %s", path)
-        return path
+    if cache.matches(path, meta):
+        try:
+            cache.check(path)
+            log.info("feature cache hit: %s", path)
+            return path
+        except cache.CacheError as e:
+            log.warning("%s; extracting it again", e)
     with cache.lock(path):  # two processes asking for one entry: one computes it, the other then reads it
         if cache.is_valid(path, meta):
             return path
@@ -223,8 +228,21 @@ def _split_dataset(cfg: Config, split: str, verify: bool = True,
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
     if verify:
         spec.verify(root)  # nothing is cached from a dataset that fails its verification
+        check_fingerprint(spec, root, split)
     size = (lambda hw: input_size(hw, cfg, patch)) if resized else None
     return SegmentationSplit(spec, root, split, size=size, with_labels=False), patch
+
+
+def check_fingerprint(spec, root: Path, split: str) -> None:
+    """The split's files are those the fetch record fingerprinted: an entry's identity names that fingerprint, so
+    features extracted from other files (changed since fetch) would be served as the record's data."""
+    if not record_path(spec.name).is_file():
+        return  # no record: the entries' identity is computed from these very files (bench/cache.py)
+    recorded = split_fingerprint(read_record(spec.name), split)
+    if spec.fingerprints(root, [split])[split] != recorded:
+        raise DatasetError(f"{spec.title} at {root}: the files of split {split!r} changed since `acseg-bench fetch` "
+                           f"recorded them in {record_path(spec.name)}: run `acseg-bench fetch --dataset {spec.name}` "
+                           "again")
 
 
 def _forward(cfg: Config, dataset: SegmentationSplit, images: range, types: list[str], progress: bool,
@@ -311,7 +329,7 @@ class FiveCropSplit(torch.utils.data.Dataset):
 def _five_crop_entry(cfg: Config, split: str, ratio: float, zoom: bool) -> tuple[Path, dict]:
     view = five_crop_view(split, ratio, zoom)
     key = {"split": split, "ratio": ratio, **({} if zoom else {"zoom": False})}
-    return cache.cache_dir(cfg, view), {**cache.expected_meta(cfg, view), "five_crop": key}
+    return cache.cache_dir(cfg, view), {**cache.expected_meta(cfg, view, data_split=split), "five_crop": key}
 
 
 def five_crop_input_size(crop_hw: tuple[int, int], cfg: Config, patch: int, ratio: float,
@@ -329,7 +347,7 @@ def five_crop_features(cfg: Config, split: str, ratio: float, zoom: bool = True,
     """The five crops of ``split``'s images, encoded: read from the cache, extracted and atomically written first
     when missing (nothing is cached from a dataset that fails its verification)."""
     path, meta = _five_crop_entry(cfg, split, ratio, zoom)
-    if not cache.is_valid(path, meta):
+    if not cache.is_valid(path, meta):  # missing, for other data, or corrupt: (re)made
         with cache.lock(path):
             if not cache.is_valid(path, meta):
                 images, patch = _split_dataset(cfg, split, resized=False)
@@ -339,7 +357,8 @@ def five_crop_features(cfg: Config, split: str, ratio: float, zoom: bool = True,
                 cache.write_entry(path, {"features": tensors[cfg.features.type], "cls_attention":
                                          tensors["cls_attention"], "grids": tensors["grids"]},
                                   {**meta, "weights_sha256": checksum, "names": crops.names})
-    return read_features(path)
+    return read_features(path, rebuild=f"delete it and run the training again (`acseg-bench train --dataset "
+                                       f"{cfg.data.dataset} ...`), which encodes the crops")
 
 
 # ------------------------------------------------------------------------------------------------ shards
@@ -477,11 +496,13 @@ def _entry(cfg: Config, split: str) -> tuple[Path, dict]:
     return cache.cache_dir(cfg, split), cache.expected_meta(cfg, split)
 
 
-def read_features(path: Path, stream: bool = False) -> CachedFeatures:
-    """A cache entry (``stream``: rows read a block at a time, for evaluation, whose memory must not grow with the
-    split)."""
+def read_features(path: Path, stream: bool = False, rebuild: str = "") -> CachedFeatures:
+    """A cache entry, its file checked first (``stream``: rows read a block at a time, for evaluation, whose memory
+    must not grow with the split). ``rebuild``: the command that makes it again, for the message of a corrupt
+    entry."""
+    cache.check(path, rebuild=rebuild)
     meta = cache.read_meta(path)
-    file = path / "features.safetensors"
+    file = path / cache.FEATURES_FILE
     if stream:
         from safetensors import safe_open
 
@@ -494,9 +515,26 @@ def read_features(path: Path, stream: bool = False) -> CachedFeatures:
 
 
 def load_features(cfg: Config, split: str, stream: bool = False) -> CachedFeatures:
-    """Read a valid cache entry; a missing one is an error that says which command makes it."""
+    """Read a valid cache entry, checked against its digest; a missing one (or one made from other data) is an
+    error that says which command makes it, a corrupt one (:class:`bench.cache.CacheError`) which command remakes
+    it."""
     path, meta = _entry(cfg, split)
-    if not cache.is_valid(path, meta):
-        raise FileNotFoundError(f"no feature cache for {cfg.data.dataset} split {split!r} at {path}: run "
-                                f"`acseg-bench features --dataset {cfg.data.dataset} --split {split}` (or `dvc repro`)")
-    return read_features(path, stream)
+    command = f"`acseg-bench features --dataset {cfg.data.dataset} --split {split}`"
+    if not cache.matches(path, meta):
+        other = _other_data(path, meta)
+        raise FileNotFoundError(f"no feature cache for {cfg.data.dataset} split {split!r} at {path}"
+                                f"{other}: run {command} (or `dvc repro`)")
+    return read_features(path, stream, rebuild=f"run {command}, which extracts it again")
+
+
+def _other_data(path: Path, meta: dict) -> str:
+    """', made from other data (...)' when the entry there is for this key but another data fingerprint."""
+    try:
+        stored = cache.read_meta(path)
+    except (OSError, ValueError):
+        return ""
+    if stored.get("data_fingerprint") not in (None, meta["data_fingerprint"]) and all(
+            stored.get(k) == v for k, v in meta.items() if k != "data_fingerprint"):
+        return (f" (the entry there was made from other data than the fetch record's: fingerprint "
+                f"{stored['data_fingerprint'][:12]}, the record has {meta['data_fingerprint'][:12]})")
+    return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from bench.data import DatasetError, load_image, resize_image
 from bench.features import input_size, resolve_device
 from bench.figures import colorize
 from bench.runs import load_fitted, run_dir
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -37,7 +40,13 @@ def predict_folder(cfg: Config, seed: int, images: Path, out: Path, progress: bo
     extractor = ViTFeatures(vit, cfg.features.type).to(device)
     classifier = cfg.acseg.classifier  # what the model's classifier was fitted on (DVC keeps the two in step)
     metrics_path = run_dir(cfg, "acseg", seed) / "metrics.json"
-    mapping = np.array(json.loads(metrics_path.read_text())["mapping"]) if metrics_path.is_file() else None
+    mapping = None
+    if metrics_path.is_file():  # the cluster -> class matching of this model's evaluation, if it is this model's
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("model_sha256") == facts["model"]["sha256"]:
+            mapping = np.array(metrics["mapping"])
+        else:
+            log.warning("%s does not evaluate the model beside it: predicting clusters, not classes", metrics_path)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for path in tqdm(paths, desc="predict", disable=not progress, unit="image"):

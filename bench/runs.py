@@ -22,20 +22,16 @@ from bench import tracking
 from bench.backbones import weights_label
 from bench.config import Config
 from bench.data import (DatasetError, SegmentationSplit, atomic_path, dataset_spec, fetch, fetch_record, get_spec,
-                        locate, write_csv_atomic, write_json_atomic)
+                        locate, record_path, write_csv_atomic, write_json_atomic)
 from bench.diagnose import diagnose
 from bench.evaluate import evaluate, evaluate_all
 from bench.features import ensure_features, load_features, resolve_device
 from bench.figures import loss_curve, qualitative_grid
 from bench.methods import get_method
-from bench.store import eval_dir, load_fitted, run_dir
+from bench.store import (RunError, check_writable, eval_dir, load_fitted, run_dir, save_model, stale_evaluation,
+                         updating)
 
 log = logging.getLogger(__name__)
-
-
-def manifest_path(dataset: str) -> Path:
-    """The fetch stage's record of what was verified (a DVC output per dataset)."""
-    return Path("data") / f"{dataset}.json"
 
 
 # ------------------------------------------------------------------------------------------ fetch, features
@@ -54,7 +50,7 @@ def run_fetch(cfg: Config) -> dict:
                 reason = f": {e}"
             raise DatasetError(f"{spec.title}: the params use split {split!r}, which is absent at {root} "
                                f"(present: {sorted(splits)}){reason or f'. To get it: {spec.how_to_get}'}")
-    write_json_atomic(manifest_path(spec.name), record)
+    write_json_atomic(record_path(spec.name), record)
     log.info("verified %s at %s: %s (absent: %s)", spec.title, root, splits, record["splits_absent"])
     return record
 
@@ -84,25 +80,23 @@ def run_train(cfg: Config, method: str, seed: int, progress: bool = True) -> Pat
     train_summary.json and loss_curve.png, and MLflow a run."""
     m = get_method(method)
     device = resolve_device(cfg.run.device)
+    out = run_dir(cfg, method, seed)
+    check_writable(out)  # a read-only or full runs/ is found now, not after the training
     with training_threads(cfg) as threads:
         fitted = m.fit(cfg, seed, device, progress)
-    out = run_dir(cfg, method, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"method": method, "config": cfg.to_dict(), "facts": fitted.facts,
-                    "state_dict": fitted.model.state_dict()}, tmp)
-    with atomic_path(out / "train_log.csv") as tmp:
-        tmp.write_text(fitted.history.csv())
     h = fitted.history
     summary = {"final_loss": h.loss[-1], "steps_per_second": h.steps_per_second, "train_seconds": h.seconds,
                "torch_threads": threads, **fitted.summary}
-    write_json_atomic(out / "train_summary.json", summary)
-    curve = loss_curve(h.steps, h.loss, out / "loss_curve.png", fitted.title or f"{m.title}, seed {seed}")
+    with updating(out) as stage:  # all four files, or none
+        save_model(stage / "model.pt", cfg, method, fitted.facts, fitted.model)
+        (stage / "train_log.csv").write_text(h.csv())
+        write_json_atomic(stage / "train_summary.json", summary)
+        loss_curve(h.steps, h.loss, stage / "loss_curve.png", fitted.title or f"{m.title}, seed {seed}")
     series = {name: list(zip(h.steps, values)) for name, values in h.columns.items() if name != "step"}
     tracking.log_run(cfg, f"train-{cfg.data.dataset}-{method}-seed{seed}",
                      tracking.standard_tags(cfg, cfg.data.train_split, seed, fitted.facts["weights_sha256"], method),
                      {k: v for k, v in summary.items() if isinstance(v, (int, float))}, series=series,
-                     artifacts=[curve, out / "train_log.csv"])
+                     artifacts=[out / "loss_curve.png", out / "train_log.csv"])
     return out
 
 
@@ -122,9 +116,11 @@ def evaluate_runs(cfg: Config, runs: list[tuple[str, int]], crf: bool = False, p
     spec = dataset_spec(cfg)
     device = resolve_device(cfg.run.device)
     split = cfg.data.eval_split
+    fitted = {run: load_fitted(cfg, *run, device) for run in runs}  # every model checked before any work
+    for run in runs:
+        check_writable(eval_dir(cfg, *run, crf))
     feats = load_features(cfg, split, stream=True)  # memory flat in the split size
     dataset = SegmentationSplit(spec, locate(spec, cfg.data.local_copy, cfg.data.download_dir), split)
-    fitted = {run: load_fitted(cfg, *run, device) for run in runs}
     predictors = {run: get_method(run[0]).predictor(cfg, fitted[run][0], fitted[run][1], device, split)
                   for run in runs}
     shown = set(example_images(feats.names, qualitative))
@@ -148,19 +144,37 @@ def _write_evaluation(cfg: Config, method: str, seed: int, crf: bool, ev, predic
                       kept, device, progress) -> dict:
     m, (model, facts), split = get_method(method), fitted, cfg.data.eval_split
     out = eval_dir(cfg, method, seed, crf)
-    out.mkdir(parents=True, exist_ok=True)
+    with updating(out) as stage:  # every file of the evaluation, or none (the old ones stay)
+        metrics = _evaluation_files(cfg, method, seed, crf, ev, predictor, model, facts, feats, spec, dataset, kept,
+                                    device, progress, stage)
+    tracking.log_run(
+        cfg, f"evaluate-{cfg.data.dataset}-{method}{'-crf' if crf else ''}-seed{seed}",
+        {**tracking.standard_tags(cfg, split, seed, facts["weights_sha256"], method), "crf": str(crf).lower()},
+        {"miou": ev.scores.miou, "acc": ev.scores.accuracy, "clusters_used": metrics["clusters_used"],
+         **predictor.summary(),
+         **{k: v for k, v in metrics.items() if k in ("miou_overcluster", "acc_overcluster")},
+         **{f"iou_{c}": v for c, v in zip(spec.class_names, ev.scores.per_class_iou) if np.isfinite(v)}},
+        artifacts=[out / "qualitative.png", out / "metrics.json", out / "confusion.csv"],
+    )
+    return metrics
+
+
+def _evaluation_files(cfg: Config, method: str, seed: int, crf: bool, ev, predictor, model, facts, feats, spec,
+                      dataset, kept, device, progress, out: Path) -> dict:
+    """Write an evaluation's files into ``out``; its metrics."""
+    m, split = get_method(method), cfg.data.eval_split
     overcluster = {}
     if m.overcluster_k(cfg) and not crf:  # a separate metric: K' > classes, majority (many-to-one) matching
         overcluster = _overclustering(cfg, m, model, facts, feats, spec, dataset, device, progress, out)
     mapping = np.array(ev.scores.mapping)
     rows = [(name, dataset.read_image(name) / 255.0, lab.numpy(), np.where(c.numpy() >= 0, mapping[c.numpy().clip(0)], -1))
             for name in sorted(kept, key=feats.names.index) for c, lab in [kept[name]]]
-    figure = qualitative_grid(rows, out / "qualitative.png",
-                              f"{method}{' + CRF' if crf else ''} seed {seed}, {spec.title} {split}", spec.ignore_index)
+    qualitative_grid(rows, out / "qualitative.png", f"{method}{' + CRF' if crf else ''} seed {seed}, {spec.title} "
+                     f"{split}", spec.ignore_index)
     np.savetxt(out / "confusion.csv", ev.confusion, fmt="%d", delimiter=",")
     save_examples(out / "examples.npz", rows)
-    with atomic_path(out / "segments_per_image.csv") as tmp:
-        tmp.write_text("image,segments\n" + "".join(f"{n},{ev.segments_per_image[n]}\n" for n in feats.names))
+    (out / "segments_per_image.csv").write_text("image,segments\n" + "".join(
+        f"{n},{ev.segments_per_image[n]}\n" for n in feats.names))
     extra_metrics = predictor.summary()
     metrics = {
         "dataset": spec.name, "dataset_title": spec.title, "split": split, "method": method,
@@ -171,16 +185,10 @@ def _write_evaluation(cfg: Config, method: str, seed: int, crf: bool, ev, predic
         "miou": ev.scores.miou, "acc": ev.scores.accuracy,
         "per_class_iou": dict(zip(spec.class_names, ev.scores.per_class_iou)),
         "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **m.record(cfg), **extra_metrics, **overcluster,
+        # the model evaluated: a retrained model.pt makes these metrics stale (bench/store.py)
+        "model_sha256": facts["model"]["sha256"], "model_config_hash": facts["model"]["config_hash"],
     }
     write_json_atomic(out / "metrics.json", metrics)
-    tracking.log_run(
-        cfg, f"evaluate-{cfg.data.dataset}-{method}{'-crf' if crf else ''}-seed{seed}",
-        {**tracking.standard_tags(cfg, split, seed, facts["weights_sha256"], method), "crf": str(crf).lower()},
-        {"miou": ev.scores.miou, "acc": ev.scores.accuracy, "clusters_used": metrics["clusters_used"], **extra_metrics,
-         **{k: v for k, v in overcluster.items() if k in ("miou_overcluster", "acc_overcluster")},
-         **{f"iou_{c}": v for c, v in zip(spec.class_names, ev.scores.per_class_iou) if np.isfinite(v)}},
-        artifacts=[figure, out / "metrics.json", out / "confusion.csv"],
-    )
     return metrics
 
 
@@ -265,8 +273,13 @@ def collect_results(cfg: Config) -> Path:
     found = sorted(p for dataset in cfg.benchmark.datasets for method in cfg.benchmark.methods
                    for folder in (base / dataset / method, base / "crf" / dataset / method)
                    for p in folder.glob("seed*/metrics.json"))
+    stale = []
     for path in found:
         row = {**json.loads(path.read_text()), "run": str(path.parent.relative_to(base))}
+        why = stale_evaluation(row, base / row["dataset"] / row["method"] / path.parent.name / "model.pt")
+        if why:
+            stale.append(f"{path}: {why}")
+            continue
         trained = base / row["dataset"] / row["method"] / path.parent.name / "train_summary.json"
         if trained.is_file():
             summary = json.loads(trained.read_text())
@@ -274,6 +287,9 @@ def collect_results(cfg: Config) -> Path:
             row.update({f"shift_{t}": v for t, v in (summary.get("shifts") or {}).items()})  # STEGO's shifts
         row.update({f"iou_{c}": v for c, v in row.get("per_class_iou", {}).items()})  # the report's heatmap
         rows.append(row)
+    if stale:  # a table never mixes numbers of models that are no longer there
+        raise RunError(f"{len(stale)} evaluation(s) no longer match their model, e.g. {stale[0]}: evaluate them "
+                       "again (`acseg-bench evaluate`, or `dvc repro`)")
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {cfg.run.runs_dir}: run `acseg-bench evaluate` first")
     per_class = list(dict.fromkeys(c for row in rows for c in row if c.startswith("iou_")))

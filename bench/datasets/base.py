@@ -5,7 +5,11 @@ A :class:`DatasetSpec` answers four questions, each in one method:
 - where it is: :meth:`~DatasetSpec.fetch` (download, or take a local copy) and :meth:`~DatasetSpec.locate`;
 - what a split holds: :meth:`~DatasetSpec.samples`, the split's (image, label) pairs;
 - what a label means: :meth:`~DatasetSpec.decode_label`, raw label values -> class ids, void = ``ignore_index``;
-- whether it is complete: :meth:`~DatasetSpec.verify`, which raises naming what is missing or altered.
+- whether it is complete: :meth:`~DatasetSpec.verify`, which raises naming what is missing or altered;
+- what exactly a split is: :meth:`~DatasetSpec.fingerprints`, one sha256 per split over its samples' contents.
+
+:func:`decode_check` decodes every image and label once (``fetch`` runs it): a header read passes a file that is
+cut after its header.
 
 :class:`ArchiveDataset` is the common case of a dataset published as archives (VOC, COCO-Stuff, Cityscapes):
 archives are downloaded under a temporary name and renamed only once complete and verified (by their published
@@ -19,15 +23,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
+import struct
 import tarfile
 import tempfile
+import unicodedata
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping
+from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -63,6 +71,8 @@ class DatasetSpec:
     splits: Mapping[str, object]  # split name -> where the split comes from (dataset-specific)
     how_to_get: str
     env_var: str | None = None  # environment variable that may name a local copy (read only by bench.config)
+    # True where verify() already reads and range-checks every label (folder): decode_check then decodes only images
+    verify_decodes_labels: ClassVar[bool] = False
 
     @property
     def n_classes(self) -> int:
@@ -113,43 +123,211 @@ class DatasetSpec:
         if split not in self.splits:
             raise DatasetError(f"{self.title} has no split {split!r}; splits: {list(self.splits)}")
 
+    # ---- what exactly a split is
+    def known_digests(self) -> Mapping[str, str]:
+        """{relative path: sha256} of files :meth:`verify` has already checked (a manifest): fingerprints take these
+        instead of hashing the files again. Valid only after verify."""
+        return {}
+
+    def file_digests(self, root: Path, rels: Iterable[str], progress: bool = True) -> dict[str, str]:
+        """{relative path: sha256} of files under root: from :meth:`known_digests`, the others hashed."""
+        known, root = self.known_digests(), Path(root)
+        rels = sorted(set(rels))
+        todo = [r for r in rels if r not in known]
+        hashed = {}
+        for rel in tqdm(todo, desc=f"hashing {self.name}", unit="file", disable=not progress or not todo):
+            try:
+                hashed[rel] = sha256_file(root / rel)
+            except OSError as e:
+                raise DatasetError(f"{self.title}: cannot read {root / rel}: {e.strerror or e}. Run `acseg-bench "
+                                   f"fetch --dataset {self.name}` to see what is missing") from e
+        return {r: known[r] if r in known else hashed[r] for r in rels}
+
+    def fingerprints(self, root: Path, splits: Iterable[str], progress: bool = True) -> dict[str, str]:
+        """{split: sha256} over each split's samples sorted by name, one line each: ``name, image path, sha256 of the
+        image, label path, sha256 of the label`` (tab-separated, paths relative to root). It identifies exactly the
+        content a split's features and scores come from, wherever the copy sits, so a cache keyed on it cannot serve
+        features of other pixels; it covers only the split's own files. Call it after :meth:`verify` (manifest
+        datasets take the digests verify checked)."""
+        root = Path(root)
+        samples = {split: sorted(self.samples(root, split), key=lambda s: s.name) for split in splits}
+        digests = self.file_digests(root, (r for ss in samples.values() for s in ss for r in (s.image, s.label)),
+                                    progress)
+        return {split: sha256_text([f"{s.name}\t{s.image}\t{digests[s.image]}\t{s.label}\t{digests[s.label]}"
+                                    for s in ss])
+                for split, ss in samples.items()}
+
 
 # ------------------------------------------------------------------------------------------- reading
 
+# What a corrupt or truncated file raises inside PIL's decoders (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; a file that cannot be decoded is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
+
+@contextmanager
+def open_image(path: Path, what: str = "image") -> Iterator:
+    """The PIL image at ``path`` (header read; ``load()`` decodes it), within PIL's pixel limit. Anything PIL cannot
+    read, and an image over ``PIL.Image.MAX_IMAGE_PIXELS``, is a DatasetError naming the file: PIL only warns
+    between 1x and 2x the limit, and a bomb-sized image would otherwise exhaust memory mid-run."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from e
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and im.size[0] * im.size[1] > limit:
+                raise DatasetError(_too_large(path, what, im.size[0] * im.size[1], limit, im.size))
+            yield im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # over 2x the limit (or a warning a filter made an error) PIL refuses before we see the size; its message has it
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise DatasetError(_too_large(path, what, int(found[1]) if found else None, Image.MAX_IMAGE_PIXELS)) from e
+    except _DECODE_ERRORS as e:
+        raise DatasetError(f"cannot read {what} {path}: {e}") from e
+
+
+def _too_large(path: Path, what: str, pixels: int | None, limit: int | None,
+               size: tuple[int, int] | None = None) -> str:
+    count = "more pixels" if pixels is None else f"{pixels:,} pixels" + (f" ({size[0]}x{size[1]})" if size else "")
+    return (f"{what} {path} has {count}, over PIL's limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS, a guard against "
+            "decompression bombs): resize it, or if you trust it and mean it at full size, raise that limit in the "
+            "process that runs acseg-bench (docs/datasets.md#image-files)")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 [H, W, 3], fully decoded (``load()``: a file cut short is an error, unless something set PIL's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES``; :func:`decode_check` makes sure it is not). Every mode is converted by an
+    explicit rule, because ``convert("RGB")`` clips 16-bit values (a 16-bit PNG reads all white):
+
+    - 16-bit (``I;16``, ``I;16B``, ``I;16L``; ``I`` from a PNG, which holds 0..65535): the high byte, ``v >> 8``
+      (0, 32768, 65535 -> 0, 128, 255), the rule PIL itself applies to 16-bit RGB PNGs (which it opens as RGB);
+      ``I`` from a TIFF: ``v >> (bits - 8)`` by its BitsPerSample; ``I`` of unknown bit depth is an error;
+    - float ``F``: values in [0, 1] (none above 1) are scaled by 255, otherwise read as 0..255, both rounded;
+      negative, non-finite or >255 values are an error (clipping would hide that the image means something else);
+    - palette (``P``, ``PA``): through the palette;
+    - alpha (``RGBA``, ``LA``, ``PA``): dropped, the stored colours kept. Nothing is composited onto a background:
+      the features see what the label was drawn on, whatever a viewer shows for transparent pixels;
+    - ``1``, ``L``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion.
+
+    EXIF orientation is not applied: labels are drawn on the stored pixel grid. An unreadable file, or one over
+    PIL's pixel limit, is an error naming it."""
+    with open_image(path) as im:
+        im.load()
+        return np.array(_rgb(im, path), dtype=np.uint8, order="C")  # a writable copy, whatever PIL lends
+
+
+def _rgb(im, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode.startswith("I;16"):
+        return _gray(np.asarray(im).astype(np.uint16) >> 8)
+    if mode == "I":
+        bits = 16 if im.format == "PNG" else _tiff_bits(im)
+        values = np.asarray(im, dtype=np.int64)
+        if bits is None:
+            raise DatasetError(f"image {path} has 32-bit integer pixels ({im.format}) of unknown bit depth: save it as "
+                               "an 8-bit (or 16-bit PNG) image")
+        if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+            raise DatasetError(f"image {path} has values {values.min()}..{values.max()}, outside its {bits}-bit range: "
+                               "save it as an 8-bit image")
+        return _gray(values >> (bits - 8) if bits > 8 else values)
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 255):
+            raise DatasetError(f"image {path} is a float image with values outside [0, 255] (min {np.nanmin(values)}, "
+                               f"max {np.nanmax(values)}): save it as an 8-bit image")
+        return _gray(np.rint(values * 255 if values.size and values.max() <= 1 else values))
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA", "P"):  # P too: a palette with transparency converts without warning
+        return np.asarray(im.convert("RGBA"))[..., :3]
+    return np.asarray(im.convert("RGB"))
+
+
+def _gray(values: np.ndarray) -> np.ndarray:
+    return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _tiff_bits(im) -> int | None:
+    bits = getattr(im, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return int(bits) if isinstance(bits, int) and 8 <= bits <= 32 else None
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image from its header (nothing decoded); an unreadable file is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from e
+    """(height, width) of an image from its header (nothing decoded); an unreadable file, or one over PIL's pixel
+    limit, is an error naming it."""
+    with open_image(path) as im:
+        return im.size[1], im.size[0]
 
 
 def read_png_label(path: Path) -> np.ndarray:
-    """The values of a single-channel PNG label [H, W] (int64); anything else is an error naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """The values of a single-channel PNG label [H, W] (int64), fully decoded; anything else is an error naming the
+    file."""
+    with open_image(path, "label") as im:
+        if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise DatasetError(f"label {path} has mode {im.mode}, expected a single-channel PNG")
+        im.load()
+        return np.array(im, dtype=np.int64)
 
+
+@contextmanager
+def _truncated_images_rejected() -> Iterator[None]:
+    """PIL pads a truncated file with grey when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set (some libraries set it):
+    a decode check must not, so it is off for the check and restored after."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise DatasetError(f"label {path} has mode {im.mode}, expected a single-channel PNG")
-            return np.array(im, dtype=np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read label {path}: {e}") from e
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def decode_check(spec: DatasetSpec, root: Path, splits: Iterable[str], progress: bool = True) -> int:
+    """Decode every image (:func:`read_image`) and label (``spec.read_label`` + ``spec.decode_label``) of the given
+    splits once, as extraction and evaluation will: a checksum or a header read passes a file cut after its header,
+    or a label with values the dataset does not define. Raises DatasetError naming the first bad file; returns the
+    number of files decoded. Labels are skipped where :meth:`DatasetSpec.verify` already reads them
+    (``verify_decodes_labels``), so each file is decoded once."""
+    root = Path(root)
+    files: dict[str, str] = {}  # relative path -> "image" | "label"; a file shared by splits is decoded once
+    for split in splits:
+        for s in spec.samples(root, split):
+            files.setdefault(s.image, "image")
+            if not spec.verify_decodes_labels:
+                files.setdefault(s.label, "label")
+    with _truncated_images_rejected():
+        for rel, kind in tqdm(sorted(files.items()), desc=f"decoding {spec.name}", unit="file", disable=not progress):
+            path = root / rel
+            if kind == "image":
+                read_image(path)
+                continue
+            try:
+                spec.decode_label(spec.read_label(path))
+            except ValueError as e:
+                raise DatasetError(f"label {path}: {e}") from e
+    return len(files)
+
+
+# ------------------------------------------------------------------------------------------------ ids
+
+ID_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")  # a list line naming a file: the extension is dropped
+
+
+def bad_id_reason(image_id: str) -> str | None:
+    """Why an image id cannot be used, or None. Ids are cells of CSV outputs, parts of file names and arguments
+    on command lines: a comma, a double quote, whitespace or a control character in one breaks those (a CSV row
+    with a column too many, an id cut in two), so such ids are refused at fetch rather than half-working."""
+    for ch in image_id:
+        if ch == ",":
+            return "a comma"
+        if ch == '"':
+            return "a double quote"
+        if ch.isspace():
+            return "whitespace"
+        if unicodedata.category(ch).startswith("C"):
+            return f"the control character {ch!r}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- checksums
@@ -432,20 +610,39 @@ class ArchiveDataset(DatasetSpec):
 
 
 def read_id_list(path: Path, title: str, how_to_get: str, split: str) -> list[str]:
-    """Image ids of a split list file, one a line (file extensions dropped); absent, empty or duplicated ids are
-    errors naming the list."""
+    """Image ids of a split list file: each non-blank line, stripped, is one whole id (a trailing .jpg, .jpeg, .png
+    or .bmp dropped). A line is never cut at a space: every list read here (VOC's ImageSets/Segmentation, IIC's
+    curated COCO-Stuff lists, the committed Stanford Background lists, the folder dataset's) has one id a line, so
+    a line with a space is a mistake, refused with its line number like any id :func:`bad_id_reason` refuses. A
+    BOM is not part of the first id (utf-8-sig). Absent lists are SplitAbsent; non-UTF-8, empty or duplicated ids
+    are errors naming the list."""
     if not path.is_file():
         raise SplitAbsent(f"{title}: split {split!r} is absent: its list {path} is missing. To get it: {how_to_get}")
-    ids = []
-    for line in path.read_text().splitlines():
-        token = line.strip().split()[0] if line.strip() else ""
-        if token:
-            ids.append(token.rsplit(".", 1)[0] if token.endswith((".jpg", ".png")) else token)
-    if not ids:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{title}: the split list {path} is not UTF-8 ({e.reason} at byte {e.start}): save it as "
+                           "UTF-8, one id a line") from e
+    except OSError as e:
+        raise DatasetError(f"{title}: cannot read the split list {path}: {e}") from e
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token:
+            continue
+        reason = bad_id_reason(token)
+        if reason:
+            raise DatasetError(f"{title}: the split list {path}, line {number}: id {token!r} contains {reason}, which "
+                               "breaks CSV outputs and command lines: one id a line, rename the image if it has one")
+        if token.lower().endswith(ID_SUFFIXES):
+            token = token.rsplit(".", 1)[0]
+        if token in line_of:
+            raise DatasetError(f"{title}: the split list {path} names {token!r} twice (lines {line_of[token]} and "
+                               f"{number}): list each image once")
+        line_of[token] = number
+    if not line_of:
         raise DatasetError(f"{title}: the split list {path} is empty. To get it: {how_to_get}")
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"{title}: the split list {path} names some images twice")
-    return ids
+    return list(line_of)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", DatasetError, "see `acseg-bench datasets`")

@@ -2,15 +2,16 @@
 
 Layout of the folder (``datasets.folder.data.local_copy`` or ``$ACSEG_FOLDER_DIR``)::
 
-    images/<id>.jpg|.png|.bmp     one image per id, any size
-    labels/<id>.png               8-bit class index per pixel, 255 = void, the size of its image
-    classes.txt                   one class name per line: line i names class i
-    splits/<name>.txt             optional: the ids of a split, one per line; without splits/, one split ``all``
+    images/<id>.jpg|.jpeg|.png|.bmp   one image per id, any size (extensions in any case: X.PNG, x.Jpeg)
+    labels/<id>.png                   8-bit class index per pixel, 255 = void, the size of its image
+    classes.txt                       one class name per line (UTF-8): the i-th name is class i
+    splits/<name>.txt                 optional: the ids of a split, one per line; without splits/, one split ``all``
 
 :meth:`FolderDataset.verify` checks everything before anything is computed and names the file at fault: an image
-without a label, a label without an image, a label whose size differs from its image, a class id outside
-classes.txt (other than 255), an empty or missing split list, an unreadable image or label. The feature cache
-verifies a dataset before extracting from it, so nothing is cached from a folder that fails.
+without a label, a label without an image, two images (or labels) for one id, a label whose size differs from its
+image, a class id outside classes.txt (other than 255), duplicate class names, an empty or missing split list, an
+empty images/, an id with a comma or whitespace, an unreadable image or label. The feature cache verifies a dataset
+before extracting from it, so nothing is cached from a folder that fails.
 """
 
 from __future__ import annotations
@@ -20,20 +21,38 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets.base import (DatasetError, DatasetSpec, Sample, SplitAbsent, image_size, read_id_list,
-                                 register_dataset, sha256_text)
+from bench.datasets.base import (DatasetError, DatasetSpec, Sample, SplitAbsent, bad_id_reason, image_size,
+                                 read_id_list, register_dataset, sha256_text)
 
-IMAGE_SUFFIXES = (".jpg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")  # matched in any case
+LABEL_SUFFIX = ".png"
 VOID = 255
-HOW_TO_GET = ("point datasets.folder.data.local_copy (or $ACSEG_FOLDER_DIR) at a folder with images/<id>.jpg|png|bmp, "
-              "labels/<id>.png (8-bit class ids, 255 = void), classes.txt (one name per line) and optionally "
-              "splits/<name>.txt (docs/datasets.md)")
+HOW_TO_GET = ("point datasets.folder.data.local_copy (or $ACSEG_FOLDER_DIR) at a folder with "
+              "images/<id>.jpg|jpeg|png|bmp, labels/<id>.png (8-bit class ids, 255 = void), classes.txt (one name "
+              "per line) and optionally splits/<name>.txt (docs/datasets.md)")
+
+
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """The names of classes.txt, one a line, stripped, blank lines skipped, a BOM dropped (editors on Windows write
+    one). A name given twice is an error: two classes could not be told apart in reports (keyed by name)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"folder dataset: {path} is not UTF-8 ({e.reason} at byte {e.start}): save it as UTF-8, "
+                           "one class name per line") from e
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DatasetError(f"folder dataset: {path} names {', '.join(map(repr, twice))} more than once: give each "
+                           "class one line with a unique name")
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)
 class FolderDataset(DatasetSpec):
     root: Path | None = None  # the folder this spec was bound to (its classes and splits come from it)
     split_files: dict[str, str] = field(default_factory=dict)  # split -> list file under root ("" for all)
+    verify_decodes_labels = True  # verify reads every label (sizes, class ids): decode_check decodes only images
 
     def bind(self, root: str | Path | None) -> FolderDataset:
         if root is None:
@@ -44,7 +63,7 @@ class FolderDataset(DatasetSpec):
         classes_file = root / "classes.txt"
         if not classes_file.is_file():
             raise DatasetError(f"folder dataset: {classes_file} is missing (one class name per line). {HOW_TO_GET}")
-        names = tuple(line.strip() for line in classes_file.read_text().splitlines() if line.strip())
+        names = read_class_names(classes_file)
         if not names:
             raise DatasetError(f"folder dataset: {classes_file} names no class")
         if len(names) >= VOID:
@@ -56,31 +75,52 @@ class FolderDataset(DatasetSpec):
                        title=f"folder dataset {root.name}")
 
     # ---- what a split holds
-    def _image_of(self, root: Path, image_id: str) -> str | None:
-        for suffix in IMAGE_SUFFIXES:
-            if (root / "images" / f"{image_id}{suffix}").is_file():
-                return f"images/{image_id}{suffix}"
-        return None
+    def _files(self, folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+        """id -> file for the files of ``folder`` with one of ``suffixes`` in any case (X.PNG is X's image as much
+        as X.png); two files for one id are an error naming both, since either could be the one meant."""
+        if not folder.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in suffixes and path.is_file():
+                if path.stem in found:
+                    raise DatasetError(f"{self.title}: {found[path.stem]} and {path} are two {what}s for id "
+                                       f"{path.stem!r}: keep one")
+                found[path.stem] = path
+        return found
 
-    def _all_ids(self, root: Path) -> list[str]:
-        return sorted(p.stem for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    def _images(self, root: Path) -> dict[str, Path]:
+        return self._files(root / "images", IMAGE_SUFFIXES, "image")
+
+    def _labels(self, root: Path) -> dict[str, Path]:
+        return self._files(root / "labels", (LABEL_SUFFIX,), "label")
+
+    def _all_ids(self, root: Path, images: dict[str, Path]) -> list[str]:
+        """Every image's id (the split ``all``): not empty, and each usable in CSV outputs and command lines."""
+        if not images:
+            raise DatasetError(f"{self.title}: {root / 'images'} holds no image (.jpg, .jpeg, .png or .bmp), so the "
+                               f"split 'all' would be empty. {HOW_TO_GET}")
+        for image_id, path in sorted(images.items()):
+            reason = bad_id_reason(image_id)
+            if reason:
+                raise DatasetError(f"{self.title}: the id {image_id!r} of {path} contains {reason}, which breaks CSV "
+                                   "outputs and command lines: rename the image and its label")
+        return sorted(images)
 
     def samples(self, root: Path, split: str) -> list[Sample]:
         self.check_split(split)
         root = Path(root)
         listed = self.split_files[split]
-        if listed:
-            path = root / listed
-            ids = read_id_list(path, self.title, HOW_TO_GET, split)
-        else:
-            ids = self._all_ids(root)
+        images, labels = self._images(root), self._labels(root)
+        ids = read_id_list(root / listed, self.title, HOW_TO_GET, split) if listed else self._all_ids(root, images)
         samples = []
         for image_id in ids:
-            image = self._image_of(root, image_id)
-            if image is None:
+            if image_id not in images:
                 where = f" (listed in {root / listed})" if listed else ""
-                raise DatasetError(f"{self.title}: no image images/{image_id}.jpg|png|bmp for id {image_id!r}{where}")
-            samples.append(Sample(image_id, image, f"labels/{image_id}.png"))
+                raise DatasetError(f"{self.title}: no image images/{image_id}.jpg|jpeg|png|bmp for id {image_id!r}"
+                                   f"{where}")
+            label = labels[image_id].name if image_id in labels else f"{image_id}{LABEL_SUFFIX}"
+            samples.append(Sample(image_id, f"images/{images[image_id].name}", f"labels/{label}"))
         return samples
 
     # ---- where it is, and whether it is complete
@@ -95,16 +135,15 @@ class FolderDataset(DatasetSpec):
         root = Path(root)
         if not (root / "images").is_dir() or not (root / "labels").is_dir():
             raise DatasetError(f"{spec.title}: {root} needs images/ and labels/. {HOW_TO_GET}")
-        images = {p.stem: p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        labels = {p.stem: p for p in (root / "labels").iterdir() if p.suffix.lower() == ".png"}
+        images, labels = spec._images(root), spec._labels(root)
         for image_id in sorted(images):
             if image_id not in labels:
                 raise DatasetError(f"{spec.title}: image {images[image_id]} has no label (expected "
-                                   f"{root / 'labels' / (image_id + '.png')})")
+                                   f"{root / 'labels' / (image_id + LABEL_SUFFIX)})")
         for image_id in sorted(labels):
             if image_id not in images:
                 raise DatasetError(f"{spec.title}: label {labels[image_id]} has no image (expected "
-                                   f"{root / 'images' / image_id}.jpg|png|bmp)")
+                                   f"{root / 'images' / image_id}.jpg|jpeg|png|bmp)")
         for image_id in sorted(images):
             size = image_size(images[image_id])
             raw = spec.read_label(labels[image_id])

@@ -202,6 +202,7 @@ def calibration(cfg: Config, s: StegoConfig, train: CachedFeatures, points: Poin
     """The calibrated shifts of a feature cache entry: computed once (a fixed sample, seed 0) and cached beside the
     other STEGO caches; with the repel fractions they were made for, and each term's F statistics."""
     key = {"features": cfg.hash("data", "backbone", "features"), "split": training_view(cfg, s),
+           "content": train.meta.get("content", {}).get("blake3"),
            **{k: getattr(s, k) for k in ("repel_self", "repel_knn", "repel_rand", "calibration_batches", "pointwise",
                                          "feature_samples", "batch_size", "knn", "knn_draw", "neg_samples", "centre",
                                          "sampling")}}
@@ -382,6 +383,7 @@ class StegoMethod(Method):
         """The trained head and probe, cached by everything that decides them (so stego and stego_kmeans, which
         share a training, train once)."""
         key = {"features": cfg.hash("data", "backbone", "features"), "train_split": cfg.data.train_split,
+               "content": train.meta.get("content", {}).get("blake3"),  # the very features it trains on
                "stego": {f: v for f, v in identity(s).items() if not f.startswith("kmeans_")},
                "shifts": shifts, "seed": seed, "clusters": k, "threads": torch.get_num_threads(),
                "device": str(device)}

@@ -114,3 +114,56 @@ def test_a_csv_written_atomically_reads_back_without_an_index_column(tmp_path):
     assert target.read_text().splitlines()[0] == "seed,miou"
     pd.testing.assert_frame_equal(pd.read_csv(target), frame)
     assert sorted(p.name for p in target.parent.iterdir()) == ["rows.csv"]
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+
+
+def test_the_fetch_record_holds_a_fingerprint_per_present_split_taken_from_the_verified_manifest(synthetic_dataset,
+                                                                                                monkeypatch):
+    import json
+
+    import bench.datasets.base as base
+    from bench.data import fetch_record, split_fingerprint
+
+    spec, root = synthetic_dataset
+    root_, splits = fetch(spec, str(root), "unused", progress=False)
+    monkeypatch.setattr(base, "sha256_file", lambda path: pytest.fail(f"hashed {path} again"))  # verify just did
+    record = fetch_record(spec, splits, root_, progress=False)
+    assert set(record["split_fingerprints"]) == {"train", "val"}
+    assert split_fingerprint(record, "val") == record["split_fingerprints"]["val"]
+    assert str(root) not in json.dumps(record)  # nothing machine-specific: DVC hashes the record
+    with pytest.raises(DatasetError, match=r"data/synthetic\.json has no fingerprint for split 'test': run "
+                                           r"`acseg-bench fetch --dataset synthetic`"):
+        split_fingerprint(record, "test")
+    with pytest.raises(DatasetError, match=r"data/camvid\.json has no fingerprint for split 'train'"):
+        split_fingerprint({"dataset": "camvid"}, "train")  # a record from before fingerprints
+
+
+def test_a_fingerprint_follows_the_content_of_its_own_split_only(synthetic_dataset, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import register_dataset
+
+    spec, root = synthetic_dataset
+    names = {"train": [f"t{i}.png" for i in range(3)], "val": ["v0.png", "v1.png"]}
+    before = spec.fingerprints(root, ["train", "val"], progress=False)
+    elsewhere = tmp_path / "elsewhere" / "synth"
+    shutil.copytree(root, elsewhere)
+    assert spec.fingerprints(elsewhere, ["train", "val"], progress=False) == before  # same content, another path
+
+    image = np.array(Image.open(root / "val" / "v1.png"))
+    image[10, 10, 0] ^= 1  # one pixel of one image
+    Image.fromarray(image).save(root / "val" / "v1.png")
+    spec = register_dataset("synthetic", root, names)  # the manifest of the new content
+    after = spec.fingerprints(root, ["train", "val"], progress=False)
+    assert after["val"] != before["val"] and after["train"] == before["train"]
+
+    label = np.array(Image.open(root / "trainannot" / "t0.png"))
+    label[0, 0] = (label[0, 0] + 1) % 11
+    Image.fromarray(label).save(root / "trainannot" / "t0.png")
+    spec = register_dataset("synthetic", root, names)
+    assert spec.fingerprints(root, ["train"], progress=False)["train"] != after["train"]

@@ -87,7 +87,7 @@ def _bad(root: Path, fault: str) -> str:
         return r"split list .*splits/val\.txt is empty"
     if fault == "split list naming a missing image":
         (root / "splits" / "val.txt").write_text("img3\nnope\n")
-        return r"no image images/nope\.jpg\|png\|bmp for id 'nope' \(listed in .*splits/val\.txt\)"
+        return r"no image images/nope\.jpg\|jpeg\|png\|bmp for id 'nope' \(listed in .*splits/val\.txt\)"
     if fault == "unreadable image":
         (root / "images" / "img4.png").write_bytes(b"not an image")
         return r"cannot read image .*images/img4\.png"
@@ -133,3 +133,112 @@ def test_the_cli_says_what_the_folder_dataset_needs(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["fetch", "--params", str(PARAMS), "--dataset", "folder"])
     assert result.exit_code == 2 and "the folder dataset needs its folder" in result.output
     assert "ACSEG_FOLDER_DIR" in result.output
+
+
+# ----------------------------------------------------------------------- read as the user means it
+
+
+def test_extensions_match_in_any_case_and_jpeg_counts(tmp_path):
+    from bench.data import SegmentationSplit
+
+    root = make_folder(tmp_path / "mine")
+    (root / "images" / "img1.png").rename(root / "images" / "img1.PNG")
+    (root / "images" / "img0.jpg").rename(root / "images" / "img0.Jpeg")
+    (root / "labels" / "img2.png").rename(root / "labels" / "img2.PNG")
+    spec = get_spec("folder").bind(root)
+    assert fetch(spec, str(root), str(tmp_path), progress=False)[1] == {"train": 3, "val": 3}
+    train = SegmentationSplit(spec, root, "train")
+    assert [(s.image, s.label) for s in train.samples] == [("images/img0.Jpeg", "labels/img0.png"),
+                                                           ("images/img1.PNG", "labels/img1.png"),
+                                                           ("images/img2.bmp", "labels/img2.PNG")]
+    assert train[1][0].shape == (3, 56, 42) and train.read_label("img2").shape == (42, 42)
+
+
+@pytest.mark.parametrize("extra, first, second", [("images/img0.png", "images/img0.jpg", "images/img0.png"),
+                                                  ("labels/img1.PNG", "labels/img1.PNG", "labels/img1.png")])
+def test_two_files_for_one_id_are_an_error_naming_both(tmp_path, extra, first, second):
+    root = make_folder(tmp_path / "mine")
+    kind = extra.split("/")[0]
+    (root / extra).write_bytes((root / kind / Path(second if extra == first else first).name).read_bytes())
+    with pytest.raises(DatasetError, match=rf".*{first}\.? and .*{second} are two {kind[:-1]}s for id"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+
+
+def test_an_image_named_with_a_space_or_comma_is_refused_naming_it(tmp_path):
+    root = make_folder(tmp_path / "mine", splits=False)
+    (root / "images" / "img0.jpg").rename(root / "images" / "my img,0.jpg")
+    (root / "labels" / "img0.png").rename(root / "labels" / "my img,0.png")
+    with pytest.raises(DatasetError, match=r"the id 'my img,0' of .*images/my img,0\.jpg contains whitespace"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+
+
+def test_a_split_list_line_with_a_second_word_is_refused_not_cut(tmp_path):
+    root = make_folder(tmp_path / "mine")
+    (root / "splits" / "val.txt").write_text("img3\nimg4 img5\n")  # today: img4 alone, img5 silently dropped
+    with pytest.raises(DatasetError, match=r"split list .*splits/val\.txt, line 2: id 'img4 img5' contains whitespace"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+    (root / "splits" / "val.txt").write_bytes("\ufeffimg3\nimg4\r\nimg5\n".encode())  # a BOM, CRLF
+    spec = get_spec("folder").bind(root)
+    assert [s.name for s in spec.samples(root, "val")] == ["img3", "img4", "img5"]
+
+
+def test_classes_txt_is_read_as_written(tmp_path):
+    root = make_folder(tmp_path / "mine")
+    (root / "classes.txt").write_bytes("\ufeff sky \r\nground\n\nthing\n".encode())
+    assert get_spec("folder").bind(root).class_names == ("sky", "ground", "thing")
+    (root / "classes.txt").write_text("sky\nground\nsky\nthing\nground\n")
+    with pytest.raises(DatasetError, match=r"classes\.txt names 'ground', 'sky' more than once"):
+        get_spec("folder").bind(root)
+    (root / "classes.txt").write_bytes("sky\ncaf\xe9\nthing\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"folder dataset: .*classes\.txt is not UTF-8"):
+        get_spec("folder").bind(root)
+
+
+def test_an_empty_split_is_an_error_naming_the_folder_or_list(tmp_path):
+    root = make_folder(tmp_path / "empty", n=0, splits=False)
+    with pytest.raises(DatasetError, match=r"empty/images holds no image .*split 'all' would be empty"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+    root = make_folder(tmp_path / "mine")
+    (root / "splits" / "val.txt").write_bytes("\ufeff\n  \n".encode())  # a BOM and blank lines list nothing
+    with pytest.raises(DatasetError, match=r"split list .*splits/val\.txt is empty"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+
+
+def test_fetch_decodes_each_image_and_label_once(tmp_path, monkeypatch):
+    from bench.datasets.folder import FolderDataset
+
+    root = make_folder(tmp_path / "mine")
+    reads = []
+    read_label = FolderDataset.read_label
+    monkeypatch.setattr(FolderDataset, "read_label",
+                        lambda self, path: reads.append(path.name) or read_label(self, path))
+    fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+    assert sorted(reads) == [f"img{i}.png" for i in range(6)]  # verify reads the labels; decode_check does not again
+    data = (root / "images" / "img3.jpg").read_bytes()
+    (root / "images" / "img3.jpg").write_bytes(data[: len(data) // 2])  # its header still reads
+    with pytest.raises(DatasetError, match=r"cannot read image .*images/img3\.jpg"):
+        fetch(get_spec("folder").bind(root), str(root), str(tmp_path), progress=False)
+
+
+def test_a_folder_fingerprint_hashes_the_split_files_and_ignores_where_the_folder_is(tmp_path):
+    import shutil
+
+    from bench.data import fetch_record
+
+    root = make_folder(tmp_path / "mine")
+    spec = get_spec("folder").bind(root)
+    record = fetch_record(spec, fetch(spec, str(root), str(tmp_path), progress=False)[1], root, progress=False)
+    prints = record["split_fingerprints"]
+    assert set(prints) == {"train", "val"} and str(tmp_path) not in json.dumps(record)
+    shutil.copytree(root, tmp_path / "copy")
+    assert get_spec("folder").bind(tmp_path / "copy").fingerprints(tmp_path / "copy", ["train", "val"],
+                                                                   progress=False) == prints
+    image = np.array(Image.open(root / "images" / "img4.png"))
+    image[0, 0, 0] ^= 1
+    Image.fromarray(image).save(root / "images" / "img4.png")  # val
+    after = spec.fingerprints(root, ["train", "val"], progress=False)
+    assert after["val"] != prints["val"] and after["train"] == prints["train"]
+    label = np.array(Image.open(root / "labels" / "img0.png"))
+    label[5, 5] = (label[5, 5] + 1) % 3
+    Image.fromarray(label, mode="L").save(root / "labels" / "img0.png")  # train
+    assert spec.fingerprints(root, ["train"], progress=False)["train"] != after["train"]

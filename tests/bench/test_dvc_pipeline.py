@@ -6,7 +6,8 @@ import re
 import yaml
 
 from bench.cache import weights_dir
-from bench.runs import eval_dir, manifest_path, run_dir
+from bench.data import record_path
+from bench.runs import eval_dir, run_dir
 from tests.conftest import PARAMS, ROOT, make_config
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -38,7 +39,7 @@ def test_feature_cache_and_run_folders_in_dvc_yaml_match_python():
         for split in PARAMS_VALUES["benchmark"]["splits"]:
             (out,) = paths(STAGES["features"]["outs"])
             assert interpolate(out, {"dataset": dataset, "split": split}) == str(weights_dir(cfg, split))
-        assert interpolate(paths(STAGES["fetch"]["outs"])[0], {"dataset": dataset}) == str(manifest_path(dataset))
+        assert interpolate(paths(STAGES["fetch"]["outs"])[0], {"dataset": dataset}) == str(record_path(dataset))
         for method in PARAMS_VALUES["benchmark"]["methods"]:
             item = {"dataset": dataset, "method": method, "seed": 0}
             model = interpolate(paths(STAGES["train"]["outs"])[0], item)

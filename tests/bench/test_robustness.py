@@ -126,6 +126,118 @@ def test_leftovers_of_a_killed_extraction_are_ignored_and_do_not_break_the_next_
     assert feats.names == ["v0.png", "v1.png"] and torch.isfinite(feats.rows.float()).all()
 
 
+def _folder_config(tmp_path: Path, root: Path):
+    from tests.conftest import make_config as repo_config
+
+    return repo_config("folder", **{"data.local_copy": str(root), "data.keep_aspect": True,
+                                    "backbone.name": "vit_small_patch8_224.dino", "backbone.weights": "random",
+                                    "backbone.weights_sha256": None, "features.height": 32, "features.width": 32,
+                                    "features.cache_dir": str(tmp_path / "cache"),
+                                    "run.runs_dir": str(tmp_path / "runs")})
+
+
+def test_other_data_under_the_same_name_is_never_served_from_the_cache(tmp_path, monkeypatch):
+    """Finding 1: the same ids with other pixels, or another folder under the same dataset name, after fetch: the
+    entry made from the old files is not served; extracting from files changed since fetch is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.data import DatasetError, read_record
+    from bench.runs import run_fetch
+    from tests.bench.test_datasets_folder import make_folder
+
+    monkeypatch.chdir(tmp_path)  # data/folder.json, the fetch record, is written here
+    root = make_folder(tmp_path / "mine")
+    cfg = _folder_config(tmp_path, root)
+    run_fetch(cfg)
+    ensure_features(cfg, "val", progress=False)
+    before = load_features(cfg, "val").rows.clone()
+    record = read_record("folder")
+
+    image = root / "images" / "img3.jpg"  # a val image: same id, other pixels
+    pixels = np.asarray(Image.open(image))
+    Image.fromarray(255 - pixels).save(image)
+    run_fetch(cfg)
+    assert read_record("folder")["split_fingerprints"]["val"] != record["split_fingerprints"]["val"]
+    assert read_record("folder")["split_fingerprints"]["train"] == record["split_fingerprints"]["train"]
+    with pytest.raises(FileNotFoundError, match="made from other data than the fetch record's"):
+        load_features(cfg, "val")
+    ensure_features(cfg, "val", progress=False)
+    after = load_features(cfg, "val").rows
+    assert after.shape == before.shape and not torch.equal(after, before)
+
+    Image.fromarray(pixels).save(image)  # changed again, fetch not run: an extraction would mislabel its entry
+    with pytest.raises(DatasetError, match="the files of split 'val' changed since `acseg-bench fetch`"):
+        _extract_again(cfg, "val")
+
+    other = make_folder(tmp_path / "other")  # another folder, the same ids: its own fingerprints
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(other / "images" / "img3.jpg")
+    cfg_other = _folder_config(tmp_path, other)
+    run_fetch(cfg_other)
+    assert not cache.matches(cache.cache_dir(cfg_other, "val"), cache.expected_meta(cfg_other, "val"))
+
+
+def _extract_again(cfg, split: str) -> None:
+    """The extraction as `features` runs it on a miss (the entry deleted first)."""
+    import shutil
+
+    shutil.rmtree(cache.cache_dir(cfg, split))
+    ensure_features(cfg, split, progress=False)
+
+
+def _cli(tmp_path: Path, root: Path, command: list[str], **overrides):
+    sets = [a for o in dotlist(config_overrides(tmp_path, root, **overrides)) for a in ("-s", o)]
+    return CliRunner().invoke(app, [*command, "--params", str(PARAMS), "--dataset", "synthetic", *sets, "--quiet"])
+
+
+def test_a_truncated_entry_is_one_error_for_a_run_and_rebuilt_by_features(tmp_path, monkeypatch, synthetic_dataset,
+                                                                         no_tracking):
+    """Finding 2: a truncated features.safetensors: `train` says which entry and which command remakes it (no
+    SafetensorError traceback), and `features` extracts it again instead of reporting a cache hit."""
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    monkeypatch.chdir(tmp_path)
+    write_features(cfg, "train", spec, root)
+    path = cache.cache_dir(cfg, "train")
+    file = path / "features.safetensors"
+    file.write_bytes(file.read_bytes()[:64])
+    result = _cli(tmp_path, root, ["train", "--method", "kmeans", "--seed", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"feature cache entry {path} is corrupt" in result.output
+    assert "acseg-bench features --dataset synthetic --split train" in result.output
+    assert outputs(Path(cfg.run.runs_dir)) == []
+
+    result = _cli(tmp_path, root, ["features", "--split", "train"])
+    assert result.exit_code == 0, result.output
+    assert cache.is_valid(path, cache.expected_meta(cfg, "train"))
+    assert load_features(cfg, "train").rows.shape[0] == 3 * 4 * 5  # extracted again, by the random ViT
+
+
+def test_a_bit_flipped_entry_is_found_before_any_metric_is_written(tmp_path, monkeypatch, synthetic_dataset,
+                                                                  no_tracking):
+    """Finding 2: the sign of every stored feature flipped in the val entry (same size, plausible values): evaluate
+    stops before writing anything."""
+    from bench.runs import run_train
+
+    spec, root = synthetic_dataset
+    cfg = make_config(tmp_path, root)
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "val"):
+        write_features(cfg, split, spec, root)
+    run_train(cfg, "kmeans", 0, progress=False)
+    file = cache.cache_dir(cfg, "val") / "features.safetensors"
+    data = bytearray(file.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    start, stop = json.loads(data[8:8 + size])["features"]["data_offsets"]
+    for i in range(8 + size + start + 1, 8 + size + stop, 2):  # float16, little-endian: the high byte holds the sign
+        data[i] ^= 0x80
+    file.write_bytes(bytes(data))
+    before = outputs(Path(cfg.run.runs_dir))
+    result = _cli(tmp_path, root, ["evaluate", "--method", "kmeans", "--seed", "0"])
+    assert result.exit_code == 2 and "does not match the digest" in result.output, result.output
+    assert outputs(Path(cfg.run.runs_dir)) == before and "kmeans/seed0/metrics.json" not in before
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
