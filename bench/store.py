@@ -130,6 +130,8 @@ def updating(folder: Path) -> Iterator[Path]:
     since the other files are checked against them. A block that fails leaves ``folder`` as it was."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for left in folder.glob(".staging-*"):  # of a step killed before its end (one step writes a run folder at a time)
+        shutil.rmtree(left, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
     try:
         yield stage

@@ -145,3 +145,9 @@ def test_updating_moves_every_file_in_or_none(tmp_path):
         (stage / "a.csv").write_text("newer a")
         raise KeyboardInterrupt
     assert _files(folder) == {"a.csv": b"new a", "metrics.json": b"{}"} and len(list(folder.iterdir())) == 2
+    killed = folder / ".staging-killed"  # what a SIGKILLed step leaves: removed by the next update
+    killed.mkdir()
+    (killed / "a.csv").write_text("half")
+    with store.updating(folder) as stage:
+        (stage / "a.csv").write_text("newest a")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.csv", "metrics.json"]
