@@ -266,7 +266,7 @@ def features(
     dataset: DatasetOpt = None, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, device: DeviceOpt = None,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ):
-    """Extract backbone features into the cache (once per backbone, weights, feature type, size, dataset, split):
+    """Extract backbone features into the cache (once per split's content, backbone, weights, feature type, size):
     here, in shards, or as Slurm jobs. The merged entry of N shards is bitwise the serial one."""
     from bench import cache
     from bench import features as feats
