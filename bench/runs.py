@@ -187,6 +187,7 @@ def _evaluation_files(cfg: Config, method: str, seed: int, crf: bool, ev, predic
         "mapping": ev.scores.mapping, "config_hash": cfg.hash(), **m.record(cfg), **extra_metrics, **overcluster,
         # the model evaluated: a retrained model.pt makes these metrics stale (bench/store.py)
         "model_sha256": facts["model"]["sha256"], "model_config_hash": facts["model"]["config_hash"],
+        "model_state_sha256": facts["model"]["state_sha256"],
     }
     write_json_atomic(out / "metrics.json", metrics)
     return metrics

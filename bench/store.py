@@ -155,7 +155,8 @@ def save_model(path: Path, cfg: Config, method: str, facts: dict[str, Any], mode
 
 def load_fitted(cfg: Config, method: str, seed: int, device: torch.device):
     """(model on ``device`` in eval mode, its facts) of a trained run. The facts carry ``model``: the sha256 of the
-    model.pt read and the hash of the configuration it was trained with, which an evaluation records.
+    model.pt read, the hash of the configuration it was trained with and the digest of its weights, which an
+    evaluation records.
 
     A missing, empty, truncated or altered model.pt, or a model trained under other settings than ``cfg``'s
     (any option of :func:`training_identity`), is an error naming the file and what to do."""
@@ -183,7 +184,8 @@ def load_fitted(cfg: Config, method: str, seed: int, device: torch.device):
     model = m.build(cfg, facts)
     model.load_state_dict(state)
     config_hash = saved.get("config_hash") or _hash(saved.get("config") or {})
-    model_facts = {**facts, "model": {"sha256": hashlib.sha256(data).hexdigest(), "config_hash": config_hash}}
+    model_facts = {**facts, "model": {"sha256": hashlib.sha256(data).hexdigest(), "config_hash": config_hash,
+                                      "state_sha256": saved.get("state_sha256") or state_digest(state)}}
     return model.to(device).eval(), model_facts
 
 

@@ -49,7 +49,7 @@ def test_model_records_its_training_config_and_weights_digest_and_metrics_record
     assert saved["training"]["kmeans.k"] == 2 and "crf.iterations" not in saved["training"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_sha256"] == store.file_sha256(out / "model.pt")
-    assert metrics["model_config_hash"] == cfg.hash()
+    assert metrics["model_config_hash"] == cfg.hash() and metrics["model_state_sha256"] == saved["state_sha256"]
 
 
 def test_a_retrained_model_makes_the_old_metrics_stale_in_results(trained):
