@@ -22,7 +22,7 @@ import torch
 
 from bench.backbones import weights_tag
 from bench.config import Config
-from bench.data import dataset_spec, locate, read_record, record_path, split_fingerprint
+from bench.data import dataset_spec, locate, recorded_fingerprint
 
 # 3: the identity names the data's fingerprint, the meta the file's digest; 2: no digests; 1: [N, h, w, d] tensors
 FORMAT_VERSION = 3
@@ -68,8 +68,9 @@ def expected_meta(cfg: Config, split: str, data_split: str | None = None) -> dic
 def data_fingerprint(cfg: Config, split: str) -> str:
     """The split's fingerprint in the fetch record; where there is no record (the library used without
     `acseg-bench fetch`), computed from the files themselves, once per process."""
-    if record_path(cfg.data.dataset).is_file():
-        return split_fingerprint(read_record(cfg.data.dataset), split)
+    recorded = recorded_fingerprint(cfg.data.dataset, split)
+    if recorded is not None:
+        return recorded
     spec = dataset_spec(cfg)
     root = locate(spec, cfg.data.local_copy, cfg.data.download_dir)
     try:

@@ -25,8 +25,6 @@ The generators are the registry of :mod:`bench.generators`; the study's settings
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -43,7 +41,7 @@ from acseg.features import centred_pixels
 from acseg.generators import segment_scores
 from acseg.metrics import ConfusionAccumulator, hungarian_miou
 from acseg.retrieval import majority_classes, region_class_counts, retrieval_accuracy
-from bench.config import Config, GeneratorsConfig
+from bench.config import Config, GeneratorsConfig, identity_hash
 from bench.data import SegmentationSplit, dataset_spec, locate, write_csv_atomic
 from bench.features import CachedFeatures, load_features, resolve_device
 from bench.generators import ConceptStep, get_generator
@@ -156,7 +154,7 @@ def evaluate_generator(cfg: Config, step: ConceptStep, cluster: CachedFeatures, 
 
 def settings_hash(settings: GeneratorsConfig) -> str:
     """A short stable hash of the study's settings (the section is a plan, not part of the Config's identity)."""
-    return hashlib.sha256(json.dumps(settings.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    return identity_hash(settings.model_dump())
 
 
 def run_generators(cfg: Config, seeds: list[int] | None = None, progress: bool = True,

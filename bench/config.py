@@ -237,13 +237,12 @@ class Config(Section):
 
     def flat(self) -> dict[str, Any]:
         """``section.field -> value`` of every option (as logged to MLflow)."""
-        return _flatten(self.model_dump())
+        return flatten(self.model_dump())
 
     def hash(self, *sections: str) -> str:
         """A short stable hash of some sections of the identity (all if none): identifies a configuration."""
         d = self.to_dict()
-        chosen = {s: d[s] for s in (sections or d)}
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+        return identity_hash({s: d[s] for s in (sections or d)})
 
     def section(self, name: str) -> Section:
         """A section by name (a method's own section is under the method's name)."""
@@ -293,11 +292,17 @@ def identity(value: Any) -> Any:
     return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def identity_hash(identity: dict[str, Any]) -> str:
+    """A short stable hash of an identity (plain values): what :meth:`Config.hash` gives, also for a stored one."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``section.field -> value`` of nested plain values (an ablation's ``sweeps`` table stays one value)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v and k != "sweeps":
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

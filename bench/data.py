@@ -96,7 +96,7 @@ def split_fingerprint(record: dict, split: str) -> str:
     digest = (record.get("split_fingerprints") or {}).get(split)
     if not digest:
         name = record.get("dataset", "<dataset>")
-        raise DatasetError(f"data/{name}.json has no fingerprint for split {split!r}: run `acseg-bench fetch "
+        raise DatasetError(f"{record_path(name)} has no fingerprint for split {split!r}: run `acseg-bench fetch "
                            f"--dataset {name}`")
     return digest
 
@@ -198,6 +198,12 @@ class SegmentationSplit(torch.utils.data.Dataset):
 def record_path(dataset: str) -> Path:
     """The fetch stage's record of what was verified, ``data/<dataset>.json`` (a DVC output per dataset)."""
     return Path("data") / f"{dataset}.json"
+
+
+def recorded_fingerprint(dataset: str, split: str) -> str | None:
+    """The split's fingerprint in the fetch record, None where there is no record (the library used without
+    `acseg-bench fetch`); a record without it is an error saying to fetch again."""
+    return split_fingerprint(read_record(dataset), split) if record_path(dataset).is_file() else None
 
 
 def read_record(dataset: str) -> dict:

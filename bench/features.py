@@ -22,8 +22,8 @@ from acseg.stego import FIVE_CROPS, five_crop_boxes
 from bench import cache
 from bench.backbones import get_backbone_spec, load_backbone
 from bench.config import Config, with_overrides
-from bench.data import (DatasetError, SegmentationSplit, dataset_spec, locate, read_record, record_path,
-                        resize_image, split_fingerprint)
+from bench.data import (DatasetError, SegmentationSplit, dataset_spec, locate, record_path, recorded_fingerprint,
+                        resize_image)
 from bench.datasets.base import image_size
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,9 @@ def _split_dataset(cfg: Config, split: str, verify: bool = True,
 def check_fingerprint(spec, root: Path, split: str) -> None:
     """The split's files are those the fetch record fingerprinted: an entry's identity names that fingerprint, so
     features extracted from other files (changed since fetch) would be served as the record's data."""
-    if not record_path(spec.name).is_file():
+    recorded = recorded_fingerprint(spec.name, split)
+    if recorded is None:
         return  # no record: the entries' identity is computed from these very files (bench/cache.py)
-    recorded = split_fingerprint(read_record(spec.name), split)
     if spec.fingerprints(root, [split])[split] != recorded:
         raise DatasetError(f"{spec.title} at {root}: the files of split {split!r} changed since `acseg-bench fetch` "
                            f"recorded them in {record_path(spec.name)}: run `acseg-bench fetch --dataset {spec.name}` "
@@ -500,17 +500,16 @@ def read_features(path: Path, stream: bool = False, rebuild: str = "") -> Cached
     """A cache entry, its file checked first (``stream``: rows read a block at a time, for evaluation, whose memory
     must not grow with the split). ``rebuild``: the command that makes it again, for the message of a corrupt
     entry."""
-    cache.check(path, rebuild=rebuild)
-    meta = cache.read_meta(path)
-    file = path / cache.FEATURES_FILE
     if stream:
         from safetensors import safe_open
 
+        cache.check(path, rebuild=rebuild)
+        meta, file = cache.read_meta(path), path / cache.FEATURES_FILE
         with safe_open(str(file), framework="pt") as f:
             grids = f.get_tensor("grids")
         return CachedFeatures(StreamedRows(file, "features"), StreamedRows(file, "cls_attention"), grids,
                               meta["names"], meta)
-    tensors, _ = cache.read_entry(path)
+    tensors, meta = cache.read_entry(path, rebuild=rebuild)
     return CachedFeatures(tensors["features"], tensors["cls_attention"], tensors["grids"], meta["names"], meta)
 
 
@@ -528,13 +527,10 @@ def load_features(cfg: Config, split: str, stream: bool = False) -> CachedFeatur
 
 
 def _other_data(path: Path, meta: dict) -> str:
-    """', made from other data (...)' when the entry there is for this key but another data fingerprint."""
-    try:
-        stored = cache.read_meta(path)
-    except (OSError, ValueError):
+    """', made from other data (...)' when the entry there is for this key but another data fingerprint (it does
+    not match the whole key: load_features asks only then)."""
+    if not cache.matches(path, {k: v for k, v in meta.items() if k != "data_fingerprint"}):
         return ""
-    if stored.get("data_fingerprint") not in (None, meta["data_fingerprint"]) and all(
-            stored.get(k) == v for k, v in meta.items() if k != "data_fingerprint"):
-        return (f" (the entry there was made from other data than the fetch record's: fingerprint "
-                f"{stored['data_fingerprint'][:12]}, the record has {meta['data_fingerprint'][:12]})")
-    return ""
+    stored = cache.read_meta(path).get("data_fingerprint") or "none"
+    return (f" (the entry there was made from other data than the fetch record's: fingerprint {stored[:12]}, the "
+            f"record has {meta['data_fingerprint'][:12]})")

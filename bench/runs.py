@@ -277,11 +277,12 @@ def collect_results(cfg: Config) -> Path:
     stale = []
     for path in found:
         row = {**json.loads(path.read_text()), "run": str(path.parent.relative_to(base))}
-        why = stale_evaluation(row, base / row["dataset"] / row["method"] / path.parent.name / "model.pt")
+        trained_in = base / row["dataset"] / row["method"] / path.parent.name  # a CRF evaluation's too
+        why = stale_evaluation(row, trained_in / "model.pt")
         if why:
             stale.append(f"{path}: {why}")
             continue
-        trained = base / row["dataset"] / row["method"] / path.parent.name / "train_summary.json"
+        trained = trained_in / "train_summary.json"
         if trained.is_file():
             summary = json.loads(trained.read_text())
             row.update({k: v for k, v in summary.items() if k in TRAINING_COLUMNS})

@@ -25,7 +25,8 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.config import Config
+from bench.config import Config, flatten, identity_hash
+from bench.data import sha256_file
 from bench.methods import get_method
 
 __all__ = ["RunError", "check_writable", "eval_dir", "load_fitted", "model_path", "run_dir", "save_model",
@@ -70,17 +71,8 @@ def training_identity(config: dict[str, Any], method: str) -> dict[str, Any]:
     from bench.methods import METHODS
 
     others = {name for name in METHODS if name != method}
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    walk("", {s: v for s, v in config.items() if s not in others and s not in EVALUATION_SECTIONS})
-    return {k: v for k, v in flat.items() if k not in EVALUATION_KEYS}
+    kept = {s: v for s, v in config.items() if s not in others and s not in EVALUATION_SECTIONS}
+    return {k: v for k, v in flatten(kept).items() if k not in EVALUATION_KEYS}
 
 
 def _differences(trained: dict[str, Any], asked: dict[str, Any]) -> list[str]:
@@ -183,20 +175,10 @@ def load_fitted(cfg: Config, method: str, seed: int, device: torch.device):
                        f". Use the settings it was trained with, or train it again with {train} and these settings")
     model = m.build(cfg, facts)
     model.load_state_dict(state)
-    config_hash = saved.get("config_hash") or _hash(saved.get("config") or {})
+    config_hash = saved.get("config_hash") or identity_hash(saved.get("config") or {})  # saved before it was kept
     model_facts = {**facts, "model": {"sha256": hashlib.sha256(data).hexdigest(), "config_hash": config_hash,
                                       "state_sha256": saved.get("state_sha256") or state_digest(state)}}
     return model.to(device).eval(), model_facts
-
-
-def _hash(config: dict) -> str:
-    """Config.hash of a stored identity (models saved before model.pt recorded its hash)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stale_evaluation(metrics: dict[str, Any], model: Path) -> str | None:
@@ -206,7 +188,7 @@ def stale_evaluation(metrics: dict[str, Any], model: Path) -> str | None:
     if recorded is None:
         return "it records no model digest (evaluated by an older version)"
     try:
-        current = file_sha256(model)
+        current = sha256_file(model)
     except FileNotFoundError:
         return f"its model {model} is gone"
     except OSError as e:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from bench import store
 from bench.cli import app
+from bench.data import sha256_file
 from bench.runs import collect_results, run_evaluate, run_train
 from bench.store import RunError, load_fitted, run_dir
 from tests.bench.test_robustness import config_overrides, make_config, no_tracking, write_features  # noqa: F401
@@ -48,7 +49,7 @@ def test_model_records_its_training_config_and_weights_digest_and_metrics_record
     assert saved["config_hash"] == cfg.hash() and saved["state_sha256"] == store.state_digest(saved["state_dict"])
     assert saved["training"]["kmeans.k"] == 2 and "crf.iterations" not in saved["training"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model_sha256"] == store.file_sha256(out / "model.pt")
+    assert metrics["model_sha256"] == sha256_file(out / "model.pt")
     assert metrics["model_config_hash"] == cfg.hash() and metrics["model_state_sha256"] == saved["state_sha256"]
 
 
